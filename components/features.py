@@ -1,0 +1,179 @@
+"""Features: the Feast feature repo for a dataset, the offline store, materialization and training sets.
+
+The repo's objects are declared from the dataset spec (so bring-your-own data needs no Python), and
+applied by the pipeline, never by hand. Training sets come only from point-in-time joins at each
+label's event time, so no feature value from after the label can leak in; serving reads the same
+FeatureService from the online store, so training and serving see the same features.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components import storage
+from components.settings import Settings
+from components.spec import EVENT_TIMESTAMP, LABEL, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureRepo:
+    """The Feast objects of one dataset."""
+
+    entity: Any
+    source: Any
+    view: Any
+
+    def service(self, name: str) -> Any:
+        from feast import FeatureService
+
+        # What a model version reads: training and serving resolve features through this one object.
+        return FeatureService(name=name, features=[self.view], tags={"dataset": self.view.name})
+
+
+def offline_path(spec: DatasetSpec, settings: Settings) -> str:
+    return storage.join(settings.feast_offline_root, spec.name, "data.parquet")
+
+
+def declare(spec: DatasetSpec, settings: Settings) -> FeatureRepo:
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, String
+
+    # The thing a label is about; its key joins labels to features.
+    entity = Entity(name=spec.entity_column, join_keys=[spec.entity_column], value_type=ValueType.STRING)
+    # Validated rows only: the offline store is written by the features step from validate's output.
+    source = FileSource(
+        name=f"{spec.name}_source",
+        path=offline_path(spec, settings),
+        timestamp_field=EVENT_TIMESTAMP,
+        s3_endpoint_override=_s3_endpoint(),
+    )
+    # Every feature of the spec, typed; the TTL bounds how stale a value may be at label time.
+    view = FeatureView(
+        name=spec.name,
+        entities=[entity],
+        ttl=timedelta(days=spec.ttl_days),
+        schema=[Field(name=f.name, dtype=Float64) for f in spec.numeric]
+        + [Field(name=c.name, dtype=String) for c in spec.categorical],
+        source=source,
+        online=True,
+    )
+    return FeatureRepo(entity=entity, source=source, view=view)
+
+
+def _s3_endpoint() -> str | None:
+    import os
+
+    return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def repo_config(spec: DatasetSpec, settings: Settings) -> Any:
+    from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+    from feast.repo_config import RegistryConfig, RepoConfig
+
+    if settings.feast_registry.startswith(("postgresql", "mysql", "sqlite:")):
+        registry = RegistryConfig(registry_type="sql", path=settings.feast_registry, cache_ttl_seconds=0)
+    else:
+        _ensure_parent(settings.feast_registry)
+        registry = RegistryConfig(registry_type="file", path=settings.feast_registry, cache_ttl_seconds=0)
+    if settings.feast_online.startswith("redis://"):
+        online: Any = RedisOnlineStoreConfig(connection_string=settings.feast_online.removeprefix("redis://"))
+    else:
+        _ensure_parent(settings.feast_online)
+        online = SqliteOnlineStoreConfig(path=settings.feast_online)
+    return RepoConfig(
+        project=spec.name,
+        provider="local",
+        registry=registry,
+        online_store=online,
+        offline_store=DaskOfflineStoreConfig(type="file"),
+        entity_key_serialization_version=3,
+    )
+
+
+def _ensure_parent(path: str) -> None:
+    if not storage.is_s3(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def open_store(spec: DatasetSpec, settings: Settings) -> Any:
+    from feast import FeatureStore
+
+    return FeatureStore(config=repo_config(spec, settings))
+
+
+def service_name(store: Any, spec: DatasetSpec) -> str:
+    """The FeatureService for the current feature set: reuse one with the same features, else the next version."""
+    wanted = sorted(spec.feature_names)
+    existing = [s for s in store.list_feature_services() if s.name.startswith(f"{spec.name}_v")]
+    for svc in existing:
+        names = sorted(f.name for proj in svc.feature_view_projections for f in proj.features)
+        if names == wanted:
+            return str(svc.name)
+    versions = [int(s.name.rsplit("_v", 1)[1]) for s in existing if s.name.rsplit("_v", 1)[1].isdigit()]
+    return f"{spec.name}_v{max(versions, default=0) + 1}"
+
+
+@dataclass(frozen=True)
+class FeatureOutcome:
+    service: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    materialized_rows: int
+
+
+def write_offline(valid: pd.DataFrame, spec: DatasetSpec, settings: Settings) -> str:
+    path = offline_path(spec, settings)
+    cols = [spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names]
+    buf = io.BytesIO()
+    valid[cols].sort_values([EVENT_TIMESTAMP, spec.entity_column]).to_parquet(buf, index=False)
+    storage.write_bytes(path, buf.getvalue())
+    return path
+
+
+def time_split(df: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The latest `test_fraction` of rows by event time is held out: evaluation looks at the future."""
+    ordered = df.sort_values([EVENT_TIMESTAMP], kind="stable").reset_index(drop=True)
+    cut = int(round(len(ordered) * (1 - test_fraction)))
+    if cut <= 0 or cut >= len(ordered):
+        raise ValueError(f"cannot split {len(ordered)} rows into train and test at fraction {test_fraction}")
+    return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
+
+
+def build_features(spec: DatasetSpec, valid: pd.DataFrame, settings: Settings, test_fraction: float = 0.2) -> FeatureOutcome:
+    """Apply the repo, write the offline store, materialize online, and join a point-in-time training set."""
+    if valid.empty:
+        raise ValueError("no valid rows to build features from: every row was quarantined")
+    repo = declare(spec, settings)
+    write_offline(valid, spec, settings)
+    store = open_store(spec, settings)
+    name = service_name(store, spec)
+    service = repo.service(name)
+    store.apply([repo.entity, repo.view, service])
+    start = valid[EVENT_TIMESTAMP].min().to_pydatetime() - timedelta(seconds=1)
+    end = valid[EVENT_TIMESTAMP].max().to_pydatetime() + timedelta(seconds=1)
+    store.materialize(start_date=start, end_date=end, feature_views=[spec.name])
+    labels = valid[[spec.entity_column, EVENT_TIMESTAMP, LABEL]]
+    joined = store.get_historical_features(entity_df=labels, features=store.get_feature_service(name)).to_df()
+    joined = joined[[spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names, LABEL]]
+    joined = joined.sort_values([EVENT_TIMESTAMP, spec.entity_column], kind="stable").reset_index(drop=True)
+    train, test = time_split(joined, test_fraction)
+    log.info("feature service %s: %d training rows, %d test rows", name, len(train), len(test))
+    return FeatureOutcome(service=name, train=train, test=test, materialized_rows=len(valid))
+
+
+def online_features(spec: DatasetSpec, settings: Settings, service: str, keys: list[str]) -> pd.DataFrame:
+    """What serving reads: the latest materialized values of the service's features for these entity keys."""
+    store = open_store(spec, settings)
+    rows = [{spec.entity_column: k} for k in keys]
+    return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()

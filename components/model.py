@@ -1,0 +1,66 @@
+"""The PyTorch tabular model: preprocessing (imputation, signed log, standardisation) inside the network,
+an embedding per categorical feature, and an MLP head that returns the logit of the positive class.
+
+Preprocessing lives in the module so that the exported program takes raw numeric values: the statistics
+are buffers, exported with the weights, and serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TabularNet(nn.Module):
+    def __init__(
+        self,
+        means: torch.Tensor,
+        stds: torch.Tensor,
+        cardinalities: list[int],
+        embedding_dim: int = 8,
+        hidden: int = 64,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("means", means.to(torch.float32))
+        self.register_buffer("stds", stds.to(torch.float32).clamp_min(1e-6))
+        self.n_numeric = int(means.numel())
+        # One row per category plus row 0 for unseen or missing values.
+        self.embeddings = nn.ModuleList(nn.Embedding(c + 1, min(embedding_dim, c + 1)) for c in cardinalities)
+        width = self.n_numeric + sum(e.embedding_dim for e in self.embeddings)
+        self.head = nn.Sequential(
+            nn.Linear(max(width, 1), hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, 1),
+        )
+
+    @staticmethod
+    def transform(numeric: torch.Tensor) -> torch.Tensor:
+        """Signed log: tames heavy tails (amounts, distances) without knowing the units."""
+        return torch.sign(numeric) * torch.log1p(torch.abs(numeric))
+
+    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.n_numeric:
+            x = self.transform(numeric)
+            x = torch.where(torch.isnan(x), self.means, x)  # missing -> training mean
+            parts.append((x - self.means) / self.stds)
+        for j, emb in enumerate(self.embeddings):
+            parts.append(emb(codes[:, j]))
+        if not parts:
+            raise ValueError("the model has no inputs")
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+
+
+class ScoringProgram(nn.Module):
+    """What the bundle exports: raw numeric values and category codes in, probability of the positive class out."""
+
+    def __init__(self, net: TabularNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(numeric, codes))

@@ -1,0 +1,75 @@
+"""The pipeline's steps as KFP lightweight Python components: each body only imports and calls.
+
+Every step runs in the project's components image (the project installed, so no packages_to_install and
+no kfp install at run time). The image named here is a placeholder: `pipelines.compile` writes the
+configured image (by digest when given) into the compiled package, so nothing is read from the
+environment when this module is imported. Imports live inside the bodies because KFP ships each
+function's source on its own, and so that each step pays only for the libraries it uses.
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+PLACEHOLDER_IMAGE = "mlwf/components:placeholder"
+_component = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+
+
+@_component
+def ingest_op(dataset_spec: str, source_uri: str, raw: Output[Dataset]) -> NamedTuple("IngestOutputs", [("rows", int), ("fingerprint", str)]):
+    """Read CSV or Parquet (local or s3://) and check its columns against the dataset spec."""
+    from collections import namedtuple
+
+    from components.step_logic import ingest_step
+
+    rows, fingerprint = ingest_step(dataset_spec, source_uri, raw)
+    return namedtuple("IngestOutputs", ["rows", "fingerprint"])(rows, fingerprint)
+
+
+@_component
+def validate_op(dataset_spec: str, run_id: str, raw: Input[Dataset], valid: Output[Dataset], quarantine: Output[Dataset], report: Output[HTML], metrics: Output[Metrics]) -> int:
+    """Great Expectations over every row; failing rows to quarantine with their reasons. Returns valid rows."""
+    from components.step_logic import validate_step
+
+    return validate_step(dataset_spec, run_id, raw, valid, quarantine, report, metrics)
+
+
+@_component
+def features_op(dataset_spec: str, valid: Input[Dataset], train_set: Output[Dataset], test_set: Output[Dataset]) -> str:
+    """Feast: apply, write the offline store, materialize online, point-in-time training set. Returns the FeatureService."""
+    from components.step_logic import features_step
+
+    return features_step(dataset_spec, valid, train_set, test_set)
+
+
+@_component
+def train_op(dataset_spec: str, train_set: Input[Dataset], feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Output[Model], metrics: Output[Metrics]) -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
+    """PyTorch on CUDA when present, tracked in MLflow; writes the sealed model bundle."""
+    from collections import namedtuple
+
+    from components.step_logic import train_step
+
+    name, version = train_step(dataset_spec, train_set, feature_service, dataset_fingerprint, epochs, seed, model, metrics)
+    return namedtuple("TrainOutputs", ["model_name", "version"])(name, version)
+
+
+@_component
+def evaluate_op(model: Input[Model], test_set: Input[Dataset], model_name: str, version: str, min_roc_auc: float, max_p99_latency_ms: float, max_regression: float, metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML]) -> bool:
+    """Test-period metrics against thresholds and the champion. Returns the gate the pipeline branches on.
+
+    A single bool output on purpose: kfp.local resolves a condition on a task's `Output` but silently
+    skips a branch whose condition names a NamedTuple field. The reasons are in the report and MLflow.
+    """
+    from components.step_logic import evaluate_step
+
+    return evaluate_step(model, test_set, model_name, version, min_roc_auc, max_p99_latency_ms, max_regression, metrics, roc, report)
+
+
+@_component
+def deploy_op(model: Input[Model], test_set: Input[Dataset], model_name: str, version: str, deployment: Output[Markdown]) -> str:
+    """Serve the bundle (local KServe server on 127.0.0.1, or an InferenceService canary); returns its URL."""
+    from components.step_logic import deploy_step
+
+    return deploy_step(model, test_set, model_name, version, deployment)

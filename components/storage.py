@@ -1,0 +1,146 @@
+"""Reading and writing files by URI: local paths and s3:// (S3, MinIO or moto on a cluster or in tests).
+
+Writes are atomic: a file appears under its final name complete or not at all, so a step killed in the
+middle of a write leaves nothing half-written for the next run to trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise ValueError(f"not an s3 URI with a bucket: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_client():  # type: ignore[no-untyped-def]
+    """A boto3 client; AWS_ENDPOINT_URL points it at MinIO or a local moto server."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(base, *parts))
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+    return Path(uri).exists()
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(uri).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write atomically: a temporary name in the same directory, then a rename (S3 puts are atomic)."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def local_copy(uri: str, workdir: str) -> str:
+    """A local path holding the object's bytes: the path itself when local, a download when on S3."""
+    if not is_s3(uri):
+        return uri
+    bucket, key = _split_s3(uri)
+    target = Path(workdir) / Path(key).name
+    s3_client().download_file(bucket, key, str(target))
+    return str(target)
+
+
+def _walk(directory: Path) -> Iterator[Path]:
+    return (p for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    if not is_s3(uri):
+        copy_dir(local_dir, uri)
+        return
+    bucket, prefix = _split_s3(uri)
+    client = s3_client()
+    for path in _walk(Path(local_dir)):
+        client.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}")
+
+
+def download_dir(uri: str, local_dir: str) -> None:
+    if not is_s3(uri):
+        copy_dir(uri, local_dir)
+        return
+    bucket, prefix = _split_s3(uri)
+    client = s3_client()
+    paginator = client.get_paginator("list_objects_v2")
+    root = Path(local_dir).resolve()
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix.rstrip("/")) + 1 :]
+            target = (root / rel).resolve()
+            if root not in target.parents:
+                raise ValueError(f"refusing object outside the target directory: {obj['Key']!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(target))
+
+
+def copy_dir(src: str, dst: str) -> None:
+    """Copy a directory so that the destination appears whole (copy aside, then rename)."""
+    dst_path = Path(dst)
+    if dst_path.resolve() == Path(src).resolve():
+        return
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst_path.parent / f".{dst_path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dst_path.exists():
+        shutil.rmtree(dst_path)
+    os.replace(tmp, dst_path)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

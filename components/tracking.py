@@ -1,0 +1,112 @@
+"""MLflow: runs, the model registry and its aliases, with fail-fast client settings.
+
+Model versions point at the bundle logged as run artifacts. A version carries the fingerprint of
+everything that went into it (data, parameters, code), so a rerun with identical inputs finds and
+reuses it instead of registering a duplicate. Aliases: `challenger` after a passed gate, `champion`
+after a successful deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.settings import Settings
+
+INPUTS_TAG = "mlwf.inputs_fingerprint"
+BUNDLE_TAG = "mlwf.bundle_sha256"
+
+
+def configure(settings: Settings) -> Any:
+    """Point MLflow at the tracking store; returns an MlflowClient. Fails fast when a server is down."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        # Locally the artifacts go next to the database; a server configures its own artifact store.
+        location = settings.mlflow_artifact_root if uri.startswith("sqlite") else None
+        if location and "://" not in location:
+            Path(location).mkdir(parents=True, exist_ok=True)
+            location = Path(location).as_uri()
+        try:
+            client.create_experiment(settings.mlflow_experiment, artifact_location=location)
+        except Exception:  # created concurrently by another step: read it back below
+            if client.get_experiment_by_name(settings.mlflow_experiment) is None:
+                raise
+    mlflow.set_experiment(settings.mlflow_experiment)
+    return client
+
+
+def code_version() -> str:
+    """The git commit of the code, from the image's build arg or the working tree (with -dirty)."""
+    env = os.environ.get("MLWF_CODE_VERSION")
+    if env:
+        return env
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    reused: bool
+
+
+def find_version_by_inputs(client: Any, model_name: str, fingerprint: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}' and tag.`{INPUTS_TAG}` = '{fingerprint}'")
+    except MlflowException:
+        return None
+    ready = [v for v in versions if v.status == "READY"]
+    return min(ready, key=lambda v: int(v.version)) if ready else None
+
+
+def register(client: Any, model_name: str, run_id: str, source: str, tags: dict[str, str], description: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model_name, description="Tabular classifier bundles (mlwf)")
+    except MlflowException as err:
+        if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+            raise
+    version = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags, description=description)
+    return str(version.version)
+
+
+def alias_version(client: Any, model_name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def download_bundle(client: Any, version: Any, target: str) -> str:
+    """Fetch a registered version's bundle into `target`; returns the local directory."""
+    import mlflow
+
+    return str(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=target))

@@ -1,0 +1,103 @@
+"""The training pipeline: ingest -> validate -> features -> train -> evaluate -> dsl.If(gate) -> deploy.
+
+The same definition runs under kfp.local on a laptop and compiles to the package a Kubeflow cluster
+runs. Cluster-only wiring (settings from a ConfigMap, credentials from Secrets, the GPU request,
+retries) compiles into the package and is ignored by the local runner.
+"""
+
+
+from kfp import dsl, kubernetes
+
+from components.steps import deploy_op, evaluate_op, features_op, ingest_op, train_op, validate_op
+
+PIPELINE_NAME = "mlwf-training"
+SETTINGS_CONFIG_MAP = "mlwf-settings"
+# ConfigMap keys (= environment variable names) the steps read on a cluster; see components/settings.py.
+SETTINGS_KEYS = (
+    "MLWF_PROFILE",
+    "MLWF_STATE_DIR",
+    "MLFLOW_TRACKING_URI",
+    "MLWF_MLFLOW_EXPERIMENT",
+    "MLWF_FEAST_ONLINE",
+    "MLWF_FEAST_OFFLINE_ROOT",
+    "MLWF_MODEL_STORE",
+    "MLWF_KSERVE_NAMESPACE",
+    "MLWF_KSERVE_MODE",
+    "MLWF_KSERVE_SERVICE_ACCOUNT",
+    "MLWF_CANARY_PERCENT",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+)
+# Secrets: only their names and keys are compiled into the package, never a value.
+SECRETS = {
+    "mlwf-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+    "mlwf-feast-registry": {"MLWF_FEAST_REGISTRY": "MLWF_FEAST_REGISTRY"},
+    "mlwf-mlflow": {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
+}
+OPTIONAL_SECRETS = {"mlwf-mlflow"}  # an MLflow server without auth needs none
+
+
+def _cluster_wiring(task: dsl.PipelineTask, retries: int = 0) -> dsl.PipelineTask:
+    kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in SETTINGS_KEYS})
+    for name, keys in SECRETS.items():
+        kubernetes.use_secret_as_env(task, name, keys, optional=name in OPTIONAL_SECRETS)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
+    return task
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Validate, featurize, train, gate and canary-deploy a tabular classifier.")
+def training_pipeline(
+    dataset_spec: str = "transactions",
+    source_uri: str = "s3://mlwf/data/transactions.csv",
+    epochs: int = 30,
+    seed: int = 42,
+    min_roc_auc: float = 0.75,
+    max_p99_latency_ms: float = 5.0,
+    max_regression: float = 0.01,
+    gpu_count: int = 1,
+) -> None:
+    ingest = _cluster_wiring(ingest_op(dataset_spec=dataset_spec, source_uri=source_uri), retries=2)
+    ingest.set_display_name("ingest").set_cpu_limit("1").set_memory_limit("4G")
+    validate = _cluster_wiring(
+        validate_op(dataset_spec=dataset_spec, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, raw=ingest.outputs["raw"])
+    )
+    validate.set_display_name("validate").set_cpu_limit("2").set_memory_limit("8G")
+    features = _cluster_wiring(features_op(dataset_spec=dataset_spec, valid=validate.outputs["valid"]), retries=2)
+    features.set_display_name("features").set_cpu_limit("2").set_memory_limit("8G")
+    train = _cluster_wiring(
+        train_op(
+            dataset_spec=dataset_spec,
+            train_set=features.outputs["train_set"],
+            feature_service=features.outputs["Output"],
+            dataset_fingerprint=ingest.outputs["fingerprint"],
+            epochs=epochs,
+            seed=seed,
+        ),
+        retries=1,
+    )
+    train.set_display_name("train").set_cpu_limit("4").set_memory_limit("16G")
+    train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
+    evaluate = _cluster_wiring(
+        evaluate_op(
+            model=train.outputs["model"],
+            test_set=features.outputs["test_set"],
+            model_name=train.outputs["model_name"],
+            version=train.outputs["version"],
+            min_roc_auc=min_roc_auc,
+            max_p99_latency_ms=max_p99_latency_ms,
+            max_regression=max_regression,
+        )
+    )
+    evaluate.set_display_name("evaluate").set_cpu_limit("2").set_memory_limit("8G")
+    with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
+        deploy = _cluster_wiring(
+            deploy_op(
+                model=train.outputs["model"],
+                test_set=features.outputs["test_set"],
+                model_name=train.outputs["model_name"],
+                version=train.outputs["version"],
+            ),
+            retries=1,
+        )
+        deploy.set_display_name("deploy").set_caching_options(False).set_cpu_limit("1").set_memory_limit("2G")
