@@ -150,6 +150,24 @@ def time_split(df: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd
     return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
 
 
+def point_in_time(store: Any, service: str, labels: pd.DataFrame, entity: str) -> pd.DataFrame:
+    """Feast's point-in-time join, keeping every label row.
+
+    Feast 0.67's file (dask) offline store drops label rows whose feature values are all older than the
+    TTL instead of returning nulls; a left join back onto the labels restores them, so no label is lost
+    silently and expired features come back null as documented.
+    """
+    keys = [entity, EVENT_TIMESTAMP]
+    joined = store.get_historical_features(entity_df=labels, features=store.get_feature_service(service)).to_df()
+    joined = joined.drop(columns=[c for c in labels.columns if c not in keys and c in joined.columns])
+    joined[EVENT_TIMESTAMP] = pd.to_datetime(joined[EVENT_TIMESTAMP], utc=True)
+    labels = labels.assign(**{EVENT_TIMESTAMP: pd.to_datetime(labels[EVENT_TIMESTAMP], utc=True)})
+    out = labels.merge(joined.drop_duplicates(keys), on=keys, how="left", validate="many_to_one")
+    if len(out) != len(labels):
+        raise RuntimeError(f"point-in-time join changed the row count: {len(labels)} labels, {len(out)} rows")
+    return out
+
+
 def build_features(spec: DatasetSpec, valid: pd.DataFrame, settings: Settings, test_fraction: float = 0.2) -> FeatureOutcome:
     """Apply the repo, write the offline store, materialize online, and join a point-in-time training set."""
     if valid.empty:
@@ -164,7 +182,7 @@ def build_features(spec: DatasetSpec, valid: pd.DataFrame, settings: Settings, t
     end = valid[EVENT_TIMESTAMP].max().to_pydatetime() + timedelta(seconds=1)
     store.materialize(start_date=start, end_date=end, feature_views=[spec.name])
     labels = valid[[spec.entity_column, EVENT_TIMESTAMP, LABEL]]
-    joined = store.get_historical_features(entity_df=labels, features=store.get_feature_service(name)).to_df()
+    joined = point_in_time(store, name, labels, spec.entity_column)
     joined = joined[[spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names, LABEL]]
     joined = joined.sort_values([EVENT_TIMESTAMP, spec.entity_column], kind="stable").reset_index(drop=True)
     train, test = time_split(joined, test_fraction)

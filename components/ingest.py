@@ -50,10 +50,32 @@ def _read(path: str, source: str) -> pd.DataFrame:
         text = p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise IngestError(f"input is not UTF-8 text ({source}): byte {err.start} cannot be decoded") from err
+    _check_field_counts(text, source)
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=True, na_values=[""], on_bad_lines="error")
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=True, na_values=[""], index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as err:
         raise IngestError(f"unreadable CSV {source}: {str(err).strip().splitlines()[0]}") from err
+
+
+def _check_field_counts(text: str, source: str) -> None:
+    """Every line must have as many fields as the header.
+
+    pandas alone would turn extra fields on the first line into an index and fill short lines (a
+    truncated file, a wrong delimiter) with nulls: both silent. Here they are a one-line error.
+    """
+    try:
+        reader = csv.reader(io.StringIO(text), strict=True)
+        header = next(reader, None)
+        if header is None:
+            raise IngestError(f"input has no header line: {source}")
+        expected = len(header)
+        for fields in reader:
+            if len(fields) != expected and fields:
+                raise IngestError(
+                    f"unreadable CSV {source}: line {reader.line_num} has {len(fields)} field(s), the header has {expected}"
+                )
+    except csv.Error as err:
+        raise IngestError(f"unreadable CSV {source}: line {reader.line_num}: {err}") from err
 
 
 def _stable_row_ids(df: pd.DataFrame) -> pd.Series:
@@ -76,15 +98,15 @@ def _first_seen(state_dir: str, fingerprint: str) -> str:
     return now
 
 
-def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str) -> IngestResult:
-    """Read `source`, check its columns against the spec and write the normalised rows to `out_path` (Parquet)."""
+def read_checked(spec: DatasetSpec, source: str) -> tuple[pd.DataFrame, str, str]:
+    """Read `source` and check it has the spec's columns and at least one row: (frame, sha256, local name)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = storage.local_copy(source, tmp)
         except Exception as err:
             raise IngestError(f"cannot fetch input {source}: {err}") from err
         df = _read(local, source)
-        fingerprint = storage.sha256_file(local) if Path(local).exists() else ""
+        fingerprint = storage.sha256_file(local)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in spec.source_columns if c not in df.columns]
     if missing:
@@ -93,6 +115,12 @@ def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str) -> Ing
         )
     if df.empty:
         raise IngestError(f"dataset has no rows (a header only?): {source}")
+    return df, fingerprint, local
+
+
+def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str) -> IngestResult:
+    """Read `source`, check its columns against the spec and write the normalised rows to `out_path` (Parquet)."""
+    df, fingerprint, local = read_checked(spec, source)
     # Keep the raw values of the columns the spec names; the input file itself stays the record of the rest.
     out = df[spec.source_columns].copy()
     for col in out.columns:  # Parquet input keeps its types; text is what validation expects to parse
@@ -100,7 +128,9 @@ def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str) -> Ing
             out[col] = out[col].astype(object).where(out[col].notna(), None).map(
                 lambda v: v if v is None else str(v)
             )
-    out.insert(0, SOURCE_LINE, range(2, len(out) + 2) if not local.endswith(".parquet") else range(len(out)))
+    # CSV: the file's line number (the header is line 1); Parquet: the row's position.
+    is_parquet = Path(local).suffix.lower() in (".parquet", ".pq")
+    out.insert(0, SOURCE_LINE, range(len(out)) if is_parquet else range(2, len(out) + 2))
     if spec.entity is None:
         out.insert(0, GENERATED_ENTITY, _stable_row_ids(df[spec.source_columns]))
     ingested_at = _first_seen(state_dir, fingerprint)

@@ -20,7 +20,7 @@ import pandas as pd
 from components import storage
 from components.spec import EVENT_TIMESTAMP, LABEL, SOURCE_LINE, DatasetSpec
 
-NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+NUMBER_PATTERN = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 RAW = "__raw"  # suffix of the text columns kept beside their parsed twins
 
 

@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated state directory per test and small generated datasets."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every setting points into a fresh temporary state directory (the local profile)."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("MLWF_STATE_DIR", str(state))
+    monkeypatch.setenv("MLWF_PROFILE", "local")
+    for var in ("MLFLOW_TRACKING_URI", "MLWF_FEAST_REGISTRY", "MLWF_FEAST_ONLINE", "MLWF_FEAST_OFFLINE_ROOT", "MLWF_MODEL_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    return state
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def transactions_spec():
+    from components.spec import load_spec
+
+    return load_spec("transactions")
+
+
+def make_csv(path: Path, rows: int = 3000, seed: int = 7, bad_fraction: float = 0.0, drift: float = 0.0) -> Path:
+    from components.datagen import GenConfig, write
+
+    write(GenConfig(rows=rows, seed=seed, bad_fraction=bad_fraction, drift=drift), str(path))
+    return path
+
+
+def ingest_frame(spec, source: Path, state: Path) -> pd.DataFrame:
+    from components.ingest import ingest
+
+    out = source.parent / f"{source.stem}-ingested.parquet"
+    ingest(spec, str(source), str(out), str(state))
+    return pd.read_parquet(out)

@@ -1,0 +1,48 @@
+import pytest
+
+from components.spec import SpecError, load_spec, parse_spec
+
+BASE = {
+    "name": "churn",
+    "label": {"column": "Churn", "positive": "Yes"},
+    "features": {"numeric": ["tenure"], "categorical": ["plan"]},
+}
+
+
+def test_bundled_spec_loads(transactions_spec):
+    assert transactions_spec.entity == "transaction_id"
+    assert transactions_spec.timestamp == "event_time"
+    assert "amount" in transactions_spec.feature_names
+    assert transactions_spec.positive == "1"
+
+
+def test_minimal_spec_generates_entity_and_keeps_text_label():
+    spec = parse_spec(BASE)
+    assert spec.entity is None and spec.entity_column == "row_id"
+    assert spec.positive == "Yes" and spec.negative is None
+    assert spec.source_columns == ["Churn", "tenure", "plan"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "blue"}, "unknown key"),
+        ({"label": {"column": "Churn"}}, "positive"),
+        ({"features": {"numeric": ["a", "a"]}}, "more than once"),
+        ({"features": {"numeric": ["label"]}}, "reserved"),
+        ({"features": {"numeric": ["Churn"]}}, "also listed as a feature"),
+        ({"features": {}}, "at least one"),
+        ({"features": {"numeric": {"x": {"min": 5, "max": 1}}}}, "greater than max"),
+        ({"name": "bad name"}, "letters, digits"),
+    ],
+)
+def test_malformed_specs_name_the_problem(change, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec({**BASE, **change})
+
+
+def test_missing_spec_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(str(tmp_path / "nope.yaml"))
+    with pytest.raises(SpecError, match="no bundled dataset spec"):
+        load_spec("does_not_exist")

@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components import bundle as bundle_lib
+from components.train import TrainParams, build_bundle, train_model
+
+NUMERIC = ["x1", "x2"]
+CATEGORICAL = ["colour"]
+
+
+def synthetic(n: int = 1500, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=n)
+    x2 = rng.lognormal(size=n)
+    colour = rng.choice(["red", "green", "blue"], n)
+    logit = 2 * x1 + (colour == "red") * 1.5 - 1.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int8")
+    x2[::50] = np.nan  # missing values are imputed inside the program
+    return pd.DataFrame({
+        "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
+        "x1": x1, "x2": x2, "colour": colour, "label": y,
+    })
+
+
+@pytest.fixture(scope="module")
+def trained():
+    df = synthetic()
+    return df, *train_model(df, NUMERIC, CATEGORICAL, TrainParams(epochs=15, batch_size=64, seed=1))
+
+
+def test_same_inputs_and_seed_give_identical_weights(trained):
+    df, program, _, _ = trained
+    again, _, _ = train_model(df, NUMERIC, CATEGORICAL, TrainParams(epochs=15, batch_size=64, seed=1))
+    for (name, a), (_, b) in zip(program.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_learns_and_reports_progress(trained):
+    _, _, vocab, result = trained
+    assert result.validation_auc > 0.75
+    assert 0 < result.threshold < 1
+    assert [r["epoch"] for r in result.history] == list(range(1, len(result.history) + 1))
+    assert all(r["samples_per_s"] > 0 for r in result.history)
+    assert vocab["colour"] == sorted(vocab["colour"], key=lambda v: v) or len(vocab["colour"]) == 3
+
+
+def test_bundle_round_trip_scores_raw_values(tmp_path, trained):
+    df, program, vocab, result = trained
+    build_bundle(tmp_path / "b", program, vocab, result, df, NUMERIC, CATEGORICAL, {"dataset": "synthetic"}, "# card\n")
+    loaded = bundle_lib.load(tmp_path / "b")
+    probs = loaded.predict_proba({"x1": [3.0, -3.0, None], "x2": [1.0, 1.0, 1.0], "colour": ["red", "blue", "never-seen"]})
+    assert probs[0] > 0.8 > 0.2 > probs[1]
+    assert 0 <= probs[2] <= 1
+    sig = json.loads((tmp_path / "b" / "signature.json").read_text())
+    assert [f["name"] for f in sig["features"]] == NUMERIC + CATEGORICAL
+    profile = json.loads((tmp_path / "b" / "reference_profile.json").read_text())
+    assert len(profile["numeric"]["x1"]["edges"]) == 11 and abs(sum(profile["prediction"]["frequencies"]) - 1) < 1e-9
+
+
+def test_tampered_bundle_is_refused(tmp_path, trained):
+    df, program, vocab, result = trained
+    build_bundle(tmp_path / "b", program, vocab, result, df, NUMERIC, CATEGORICAL, {}, "# card\n")
+    sig = tmp_path / "b" / "signature.json"
+    sig.write_text(sig.read_text().replace('"threshold"', '"threshold" ', 1))
+    with pytest.raises(bundle_lib.BundleError, match="signature.json does not match its sha256"):
+        bundle_lib.load(tmp_path / "b")
+    (tmp_path / "b" / "manifest.json").unlink()
+    with pytest.raises(bundle_lib.BundleError, match="not a model bundle"):
+        bundle_lib.load(tmp_path / "b")
+
+
+def test_refuses_data_it_cannot_learn_from():
+    df = synthetic(200)
+    with pytest.raises(ValueError, match="one class"):
+        train_model(df.assign(label=0), NUMERIC, CATEGORICAL, TrainParams(epochs=1))
+    with pytest.raises(ValueError, match="too few"):
+        train_model(df.head(5), NUMERIC, CATEGORICAL, TrainParams(epochs=1))
