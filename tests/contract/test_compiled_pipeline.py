@@ -1,0 +1,87 @@
+"""The compiled pipeline package, parsed back: every task, the gate, resources, retries, images and no secrets."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from pipelines.cli import compile_package
+from pipelines.training import SECRETS, SETTINGS_CONFIG_MAP
+
+SECRET_VALUE = "do-not-leak-4f1c9a"
+IMAGE = "registry.example.com/mlwf/components@sha256:" + "a" * 64
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    # Values in the compiling environment must never reach the package.
+    for var in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "MLWF_FEAST_REGISTRY"):
+        mp.setenv(var, SECRET_VALUE)
+    out = tmp_path_factory.mktemp("pkg") / "training.yaml"
+    compile_package(str(out), IMAGE)
+    mp.undo()
+    text = out.read_text()
+    docs = list(yaml.safe_load_all(text))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    return text, spec, docs[1]
+
+
+def test_every_step_is_a_task(compiled):
+    _, spec, _ = compiled
+    root = spec.root.dag.tasks
+    assert set(root) == {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op", "condition-1"}
+    branch = spec.components[root["condition-1"].component_ref.name].dag.tasks
+    assert set(branch) == {"deploy-op"}
+
+
+def test_deploy_is_gated_on_the_evaluation_output(compiled):
+    _, spec, _ = compiled
+    condition = spec.root.dag.tasks["condition-1"].trigger_policy.condition
+    assert condition == "inputs.parameter_values['pipelinechannel--evaluate-op-Output'] == true"
+
+
+def test_training_requests_a_gpu_as_a_parameter(compiled):
+    _, spec, _ = compiled
+    resources = spec.deployment_spec["executors"]["exec-train-op"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpu_count']}}"
+    assert spec.root.input_definitions.parameters["gpu_count"].default_value.number_value == 1
+
+
+def test_retries_on_the_steps_that_touch_the_network(compiled):
+    _, spec, _ = compiled
+    tasks = dict(spec.root.dag.tasks)
+    for name in ("ingest-op", "features-op", "train-op"):
+        assert tasks[name].retry_policy.max_retry_count >= 1, name
+    assert spec.components["comp-condition-1"].dag.tasks["deploy-op"].retry_policy.max_retry_count == 1
+    assert spec.components["comp-condition-1"].dag.tasks["deploy-op"].caching_options.enable_cache is False
+
+
+def test_every_step_runs_in_the_configured_image_without_installs(compiled):
+    text, spec, _ = compiled
+    for name, executor in spec.deployment_spec["executors"].items():
+        container = executor["container"]
+        assert container["image"] == IMAGE, name
+        assert "pip install" not in " ".join(container["command"]), name
+    assert "placeholder" not in text
+
+
+def test_secrets_by_reference_only(compiled):
+    text, _, platform = compiled
+    assert SECRET_VALUE not in text
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, config in executors.items():
+        secrets = {s["secretName"] for s in config["secretAsEnv"]}
+        assert secrets == set(SECRETS), name
+        assert config["configMapAsEnv"][0]["configMapName"] == SETTINGS_CONFIG_MAP
+
+
+def test_committed_package_is_up_to_date(tmp_path):
+    committed = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "training.yaml"
+    fresh = tmp_path / "training.yaml"
+    compile_package(str(fresh), "ghcr.io/mlwf/components:0.1.0")
+    assert committed.exists(), "run `make compile` and commit pipelines/compiled/training.yaml"
+    assert committed.read_text() == fresh.read_text(), "pipelines/compiled/training.yaml is stale: run `make compile`"
