@@ -82,7 +82,9 @@ def repo_config(spec: DatasetSpec, settings: Settings) -> Any:
     from feast.repo_config import RegistryConfig, RepoConfig
 
     if settings.feast_registry.startswith(("postgresql", "mysql", "sqlite:")):
-        registry = RegistryConfig(registry_type="sql", path=settings.feast_registry, cache_ttl_seconds=0)
+        from feast.infra.registry.sql import SqlRegistryConfig
+
+        registry = SqlRegistryConfig(registry_type="sql", path=settings.feast_registry, cache_ttl_seconds=0)
     else:
         _ensure_parent(settings.feast_registry)
         registry = RegistryConfig(registry_type="file", path=settings.feast_registry, cache_ttl_seconds=0)

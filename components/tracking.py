@@ -36,8 +36,9 @@ def configure(settings: Settings) -> Any:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     if experiment is None:
-        # Locally the artifacts go next to the database; a server configures its own artifact store.
-        location = settings.mlflow_artifact_root if uri.startswith("sqlite") else None
+        # With a database URI the client writes artifacts itself (next to the database locally); an
+        # MLflow server configures its own artifact store and proxies it.
+        location = None if uri.startswith(("http://", "https://")) else settings.mlflow_artifact_root
         if location and "://" not in location:
             Path(location).mkdir(parents=True, exist_ok=True)
             location = Path(location).as_uri()
