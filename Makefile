@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration test-contract compile check-compiled stop clean
+.PHONY: help install demo test test-unit test-integration test-contract compile bench bench-quick stop clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,6 +38,12 @@ test-integration: $(STAMP) ## Full pipeline runs under kfp.local and model serve
 
 compile: $(STAMP) ## Write the pipeline package (pipelines/compiled/training.yaml)
 	$(BIN)/mlwf compile
+
+bench: $(STAMP) ## Every benchmark, full size, each beside its anchor: benchmarks/results.{json,md}
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP) ## Every benchmark at a small size (proves they run; CI runs this through the tests)
+	$(BIN)/python -m benchmarks.run --quick
 
 stop: $(STAMP) ## Stop the local model server started by the demo
 	$(BIN)/mlwf stop

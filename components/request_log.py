@@ -1,0 +1,123 @@
+"""Serving request logs: what the model server saw and answered, for the drift monitor and delayed labels.
+
+One JSON object per line (JSONL), one file per server process and hour:
+  <root>/<model>/date=YYYY-MM-DD/hour=HH/<writer-id>.jsonl
+with fields
+  ts (ISO-8601 UTC), request_id, model, version, features {name: value}, probability, label (predicted),
+  entity (the entity key when the request gave one, else null)
+`root` is a local directory (`<state>/request_logs`) or an s3:// prefix on a cluster. Writers buffer and
+append; readers take a time window. Both live here so that the server and the monitor cannot disagree on
+the format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+from components import storage
+
+FIELDS = ("ts", "request_id", "model", "version", "features", "probability", "label", "entity")
+
+
+@dataclass
+class RequestLogWriter:
+    """Sampled, buffered JSONL writer; thread-safe. `sample_rate` 1.0 logs every row."""
+
+    root: str
+    model: str
+    sample_rate: float = 1.0
+    flush_every: int = 256
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer: list[str] = []
+        self._writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._rng = random.Random()
+
+    def log(self, rows: Iterable[dict[str, Any]], probabilities: Iterable[float], labels: Iterable[int], version: str,
+            request_id: str, entities: Iterable[str | None] | None = None, now: datetime | None = None) -> None:
+        ts = (now or datetime.now(timezone.utc)).isoformat()
+        entity_list = list(entities) if entities is not None else None
+        lines = []
+        for i, (row, p, lab) in enumerate(zip(rows, probabilities, labels)):
+            if self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
+                continue
+            lines.append(json.dumps({"ts": ts, "request_id": request_id, "model": self.model, "version": version,
+                                     "features": row, "probability": float(p), "label": int(lab),
+                                     "entity": entity_list[i] if entity_list else None}, separators=(",", ":")))
+        if not lines:
+            return
+        with self._lock:
+            self._buffer.extend(lines)
+            if len(self._buffer) >= self.flush_every:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buffer:
+            return
+        now = datetime.now(timezone.utc)
+        text = "\n".join(self._buffer) + "\n"
+        self._buffer = []
+        part = f"date={now:%Y-%m-%d}/hour={now:%H}/{self._writer_id}.jsonl"
+        if storage.is_s3(self.root):
+            # S3 has no append: each flush is its own object.
+            storage.write_bytes(storage.join(self.root, self.model, part.replace(".jsonl", f"-{uuid.uuid4().hex[:8]}.jsonl")), text.encode())
+            return
+        path = Path(self.root, self.model, part)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def _partitions(root: str, model: str, start: datetime, end: datetime) -> Iterator[str]:
+    day = start.date()
+    while day <= end.date():
+        yield storage.join(root, model, f"date={day:%Y-%m-%d}")
+        day += timedelta(days=1)
+
+
+def read_window(root: str, model: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """All logged rows with start <= ts < end, features flattened into columns (`f.<name>`)."""
+    records: list[dict[str, Any]] = []
+    for part in _partitions(root, model, start, end):
+        for text in _read_texts(part):
+            for line in text.splitlines():
+                if line.strip():
+                    records.append(json.loads(line))
+    if not records:
+        return pd.DataFrame(columns=[*FIELDS])
+    frame = pd.DataFrame.from_records(records)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame = frame[(frame["ts"] >= pd.Timestamp(start)) & (frame["ts"] < pd.Timestamp(end))].reset_index(drop=True)
+    features = pd.json_normalize(frame["features"].tolist()).add_prefix("f.")
+    return pd.concat([frame.drop(columns=["features"]), features], axis=1)
+
+
+def _read_texts(prefix: str) -> Iterator[str]:
+    if storage.is_s3(prefix):
+        from components.storage import _split_s3, s3_client
+
+        bucket, key = _split_s3(prefix)
+        client = s3_client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/"):
+            for obj in page.get("Contents", []):
+                yield client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
+        return
+    base = Path(prefix)
+    if base.exists():
+        for path in sorted(base.rglob("*.jsonl")):
+            yield path.read_text(encoding="utf-8")
