@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,12 @@ class FeatureRepo:
 
 
 def offline_path(spec: DatasetSpec, settings: Settings) -> str:
-    return storage.join(settings.feast_offline_root, spec.name, "data.parquet")
+    """The offline store of a dataset: Parquet partitioned by event date, `date=YYYY-MM-DD/data.parquet`."""
+    return storage.join(settings.feast_offline_root, spec.name)
+
+
+def _partition(spec: DatasetSpec, settings: Settings, day: str) -> str:
+    return storage.join(offline_path(spec, settings), f"date={day}", "data.parquet")
 
 
 def declare(spec: DatasetSpec, settings: Settings) -> FeatureRepo:
@@ -134,13 +139,52 @@ class FeatureOutcome:
     materialized_rows: int
 
 
-def write_offline(valid: pd.DataFrame, spec: DatasetSpec, settings: Settings) -> str:
-    path = offline_path(spec, settings)
+def write_offline(valid: pd.DataFrame, spec: DatasetSpec, settings: Settings) -> list[str]:
+    """Merge validated rows into the date partitions they belong to; returns the partitions written.
+
+    A partition is rewritten whole (temporary name, then rename) as the union of what it held and the new
+    rows, deduplicated on (entity, event time) with the newest write winning: a rerun on the same data
+    rewrites identical files, and new data only touches its own dates.
+    """
     cols = [spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names]
-    buf = io.BytesIO()
-    valid[cols].sort_values([EVENT_TIMESTAMP, spec.entity_column]).to_parquet(buf, index=False)
-    storage.write_bytes(path, buf.getvalue())
-    return path
+    keys = [spec.entity_column, EVENT_TIMESTAMP]
+    written = []
+    frame = valid[cols]
+    days = frame[EVENT_TIMESTAMP].dt.strftime("%Y-%m-%d")
+    for day, rows in frame.groupby(days, sort=True):
+        path = _partition(spec, settings, str(day))
+        if storage.exists(path):
+            rows = pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(path))), rows], ignore_index=True)
+        rows = rows.drop_duplicates(keys, keep="last").sort_values(keys, kind="stable")
+        buf = io.BytesIO()
+        rows.to_parquet(buf, index=False)
+        storage.write_bytes(path, buf.getvalue())
+        written.append(path)
+    return written
+
+
+def _partition_days(spec: DatasetSpec, settings: Settings, start: datetime, end: datetime) -> list[str]:
+    first, last = start.date().isoformat(), end.date().isoformat()
+    root = offline_path(spec, settings)
+    if storage.is_s3(root):
+        days, day = [], start.date()
+        while day <= end.date():
+            if storage.exists(_partition(spec, settings, day.isoformat())):
+                days.append(day.isoformat())
+            day += timedelta(days=1)
+        return days
+    found = sorted(p.name.removeprefix("date=") for p in Path(root).glob("date=*") if (p / "data.parquet").exists())
+    return [d for d in found if first <= d <= last]
+
+
+def read_offline(spec: DatasetSpec, settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
+    """The offline rows whose event date falls in [start, end] (whole partitions; callers filter by time)."""
+    parts = []
+    for day in _partition_days(spec, settings, start, end):
+        parts.append(pd.read_parquet(io.BytesIO(storage.read_bytes(_partition(spec, settings, day)))))
+    if not parts:
+        return pd.DataFrame(columns=[spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names])
+    return pd.concat(parts, ignore_index=True)
 
 
 def time_split(df: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -170,6 +214,18 @@ def point_in_time(store: Any, service: str, labels: pd.DataFrame, entity: str) -
     return out
 
 
+def materialize_online(store: Any, spec: DatasetSpec, settings: Settings, end: datetime) -> Any:
+    """Incremental materialization up to `end`: bulk into the local SQLite store, Feast's engine into Redis."""
+    from components.materialize import materialize_incremental, window_start
+
+    sqlite_path = None if settings.feast_online.startswith("redis://") else settings.feast_online
+    start = window_start(store.get_feature_view(spec.name), end)
+    rows = read_offline(spec, settings, max(start, end - timedelta(days=spec.ttl_days)), end) if sqlite_path else None
+    done = materialize_incremental(store, spec, rows, end, sqlite_path)
+    log.info("materialized %s [%s, %s): %s entities via %s", spec.name, done.start, done.end, done.entities, done.engine)
+    return done
+
+
 def build_features(spec: DatasetSpec, valid: pd.DataFrame, settings: Settings, test_fraction: float = 0.2) -> FeatureOutcome:
     """Apply the repo, write the offline store, materialize online, and join a point-in-time training set."""
     if valid.empty:
@@ -180,16 +236,15 @@ def build_features(spec: DatasetSpec, valid: pd.DataFrame, settings: Settings, t
     name = service_name(store, spec)
     service = repo.service(name)
     store.apply([repo.entity, repo.view, service])
-    start = valid[EVENT_TIMESTAMP].min().to_pydatetime() - timedelta(seconds=1)
     end = valid[EVENT_TIMESTAMP].max().to_pydatetime() + timedelta(seconds=1)
-    store.materialize(start_date=start, end_date=end, feature_views=[spec.name])
+    done = materialize_online(store, spec, settings, end)
     labels = valid[[spec.entity_column, EVENT_TIMESTAMP, LABEL]]
     joined = point_in_time(store, name, labels, spec.entity_column)
     joined = joined[[spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names, LABEL]]
     joined = joined.sort_values([EVENT_TIMESTAMP, spec.entity_column], kind="stable").reset_index(drop=True)
     train, test = time_split(joined, test_fraction)
     log.info("feature service %s: %d training rows, %d test rows", name, len(train), len(test))
-    return FeatureOutcome(service=name, train=train, test=test, materialized_rows=len(valid))
+    return FeatureOutcome(service=name, train=train, test=test, materialized_rows=done.entities)
 
 
 def online_features(spec: DatasetSpec, settings: Settings, service: str, keys: list[str]) -> pd.DataFrame:
