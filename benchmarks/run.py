@@ -55,14 +55,14 @@ def markdown(results: dict) -> str:
     lines = [
         f"Mode: {results['mode']}; machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}; date: {results['date']}",
         "",
-        "| benchmark | figure | this project | anchor | ratio | goal | met |",
-        "|---|---|---|---|---|---|---|",
+        "| benchmark | figure | this project | anchor | ratio | goal | met | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for f in results["figures"]:
         ratio = f"{f['ratio']:.2f}x" if f["ratio"] else "-"
         anchor = f"{fmt(f['anchor'])} ({f['anchor_name']})" if f["anchor"] is not None else f["anchor_name"] or "-"
         met = {True: "yes", False: "NO", None: "-"}[f["met"]]
-        lines.append(f"| {f['benchmark']} | {f['figure']} | {fmt(f['project'])} | {anchor} | {ratio} | {f['goal']} | {met} |")
+        lines.append(f"| {f['benchmark']} | {f['figure']} | {fmt(f['project'])} | {anchor} | {ratio} | {f['goal']} | {met} | {f['notes']} |")
     for name, err in results["errors"].items():
         lines.append(f"\n**{name} failed:** `{err}`")
     return "\n".join(lines) + "\n"

@@ -65,11 +65,9 @@ def _summary(run: Any) -> str:
 
     settings = get_settings()
     lines = [f"\nPipeline finished in {run.seconds:.1f}s. Run directory: {run.run_dir}", "", "Steps (wall time, process start-up included):"]
-    done = sorted(((p / "executor_output.json").stat().st_mtime, name) for name, p in run.tasks.items() if (p / "executor_output.json").exists())
-    previous = done[0][0] - (run.seconds - (done[-1][0] - done[0][0])) if done else 0.0
-    for mtime, name in done:
-        lines.append(f"  {name:<14} {mtime - previous:6.1f}s")
-        previous = mtime
+    steps = run.step_seconds()
+    for name, seconds in steps.items():
+        lines.append(f"  {name:<14} {seconds:6.1f}s  {seconds / max(run.seconds, 1e-9):5.1%}")
     for task, artifact, label in (("validate-op", "report", "Validation report"), ("validate-op", "quarantine", "Quarantined rows"),
                                   ("evaluate-op", "report", "Evaluation report")):
         if run.ran(task):

@@ -25,6 +25,7 @@ class PipelineFailed(RuntimeError):
 class LocalRun:
     run_dir: Path
     seconds: float
+    started_at: float  # time.time() when the run started
     tasks: dict[str, Path] = field(default_factory=dict)  # task name -> its output directory
 
     def ran(self, task: str) -> bool:
@@ -32,6 +33,24 @@ class LocalRun:
 
     def artifact(self, task: str, name: str) -> Path:
         return self.tasks[task] / name
+
+    def step_seconds(self) -> dict[str, float]:
+        """Wall time of each step, process start-up and imports included, in the order they finished.
+
+        The steps of this pipeline run one after another, so a step's time is the gap between its
+        executor output and the previous one's (the first is measured from the start of the run).
+        """
+        done = sorted(
+            ((p / "executor_output.json").stat().st_mtime, name)
+            for name, p in self.tasks.items()
+            if (p / "executor_output.json").exists()
+        )
+        out: dict[str, float] = {}
+        previous = self.started_at
+        for mtime, name in done:
+            out[name] = max(mtime - previous, 0.0)
+            previous = mtime
+        return out
 
     def output(self, task: str, name: str) -> Any:
         """A task's output parameter, as the local runner recorded it."""
@@ -52,6 +71,7 @@ def run_local(arguments: dict[str, Any]) -> LocalRun:
     root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     before = {p.name for p in root.iterdir()}
+    started_at = time.time()
     started = time.perf_counter()
     try:
         training_pipeline(**{"gpu_count": 0, **arguments})
@@ -64,7 +84,7 @@ def run_local(arguments: dict[str, Any]) -> LocalRun:
         raise PipelineFailed(f"the local run left no output under {root}")
     run_dir = new[-1]
     tasks = {p.name: p for p in run_dir.iterdir() if p.is_dir()}
-    return LocalRun(run_dir=run_dir, seconds=elapsed, tasks=tasks)
+    return LocalRun(run_dir=run_dir, seconds=elapsed, started_at=started_at, tasks=tasks)
 
 
 def _first_error_line(err: Exception) -> str:
