@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,16 @@ def _summary(run: Any) -> str:
     steps = run.step_seconds()
     for name, seconds in steps.items():
         lines.append(f"  {name:<14} {seconds:6.1f}s  {seconds / max(run.seconds, 1e-9):5.1%}")
-    for task, artifact, label in (("validate-op", "report", "Validation report"), ("validate-op", "quarantine", "Quarantined rows"),
-                                  ("evaluate-op", "report", "Evaluation report")):
-        if run.ran(task):
-            lines.append(f"{label + ':':<20} {run.artifact(task, artifact)}")
+    # Copies with an .html name, so a browser opens them; the artifacts stay where Kubeflow put them.
+    reports = Path(settings.state_dir) / "reports"
+    for task, artifact, label, name in (("validate-op", "report", "Validation report", "validation.html"),
+                                        ("evaluate-op", "report", "Evaluation report", "evaluation.html")):
+        if run.ran(task) and run.artifact(task, artifact).exists():
+            reports.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run.artifact(task, artifact), reports / name)
+            lines.append(f"{label + ':':<20} {reports / name}")
+    if run.ran("validate-op"):
+        lines.append(f"{'Quarantined rows:':<20} {run.artifact('validate-op', 'quarantine')} (Parquet, with the failed expectations)")
     db = settings.mlflow_tracking_uri
     lines.append(f"{'MLflow runs:':<20} mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
     if run.ran("deploy-op"):
