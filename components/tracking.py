@@ -23,6 +23,7 @@ BUNDLE_TAG = "mlwf.bundle_sha256"
 def configure(settings: Settings) -> Any:
     """Point MLflow at the tracking store; returns an MlflowClient. Fails fast when a server is down."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
