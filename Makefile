@@ -7,9 +7,20 @@ STAMP := $(VENV)/.installed
 export MLWF_STATE_DIR ?= $(CURDIR)/.state
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
+# Scanners (checkov, bandit) in a virtualenv of their own: their pins conflict with the project's.
+TOOLS_VENV := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+export MLWF_TOOLS_BIN := $(CURDIR)/$(TOOLS_VENV)/bin
+# Images: `make images MLWF_REGISTRY=registry.example.com/team` (tag: the short git sha unless MLWF_TAG is set).
+MLWF_REGISTRY ?= ghcr.io/mlwf
+MLWF_TAG ?=
+MLWF_CODE_VERSION ?=
+MLWF_BUILDER ?=
+MLWF_PLATFORM ?=
+IMAGES_RECORD := build/images.json
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration test-contract compile bench bench-quick stop clean
+.PHONY: help install tools demo test test-unit test-integration test-contract compile images bench bench-quick stop clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,29 +32,51 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install the project with every dependency pinned (constraints.txt)
 
+$(TOOLS_STAMP): tools-constraints.txt
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --disable-pip-version-check -c tools-constraints.txt checkov bandit
+	@touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP) ## Create .venv-tools with checkov and bandit pinned by tools-constraints.txt (the tests run them)
+
 demo: $(STAMP) ## Run the whole pipeline locally on generated demo data and print where to look
 	$(BIN)/mlwf demo
 
-test: $(STAMP) ## Run the whole test suite (unit, contract, integration)
+test: $(STAMP) $(TOOLS_STAMP) ## Run the whole test suite (unit, contract, integration)
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP) ## Unit tests only (fast)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-contract: $(STAMP) ## Contract tests: compiled pipeline, manifests, Kubernetes API calls
+test-contract: $(STAMP) $(TOOLS_STAMP) ## Contract tests: compiled pipeline, manifests, Kubernetes API calls
 	$(BIN)/python -m pytest -q tests/contract
 
 test-integration: $(STAMP) ## Full pipeline runs under kfp.local and model servers on 127.0.0.1
 	$(BIN)/python -m pytest -q tests/integration
 
-compile: $(STAMP) ## Write the pipeline package (pipelines/compiled/training.yaml)
-	$(BIN)/mlwf compile
+compile: $(STAMP) ## Write the pipeline package: pipelines/compiled/training.yaml, or build/training.yaml pinned by digest after `make images`
+	@if [ -f $(IMAGES_RECORD) ]; then \
+	  set -x; $(BIN)/mlwf compile --out build/training.yaml $$($(BIN)/python -m pipelines.images compile-args --record $(IMAGES_RECORD)); \
+	else \
+	  set -x; $(BIN)/mlwf compile; \
+	fi
+
+images: ## Build and push the components, components-cuda and serving images (docker, podman or buildah); digests -> build/images.json
+	$(PYTHON) -m pipelines.images build --registry '$(MLWF_REGISTRY)' --tag '$(MLWF_TAG)' \
+	  --code-version '$(MLWF_CODE_VERSION)' --builder '$(MLWF_BUILDER)' --platform '$(MLWF_PLATFORM)' \
+	  --record $(IMAGES_RECORD)
 
 bench: $(STAMP) ## Every benchmark, full size, each beside its anchor: benchmarks/results.{json,md}
 	$(BIN)/python -m benchmarks.run
 
 bench-quick: $(STAMP) ## Every benchmark at a small size (proves they run; CI runs this through the tests)
 	$(BIN)/python -m benchmarks.run --quick
+
+drift-demo: $(STAMP) ## Replay drifted traffic to the served champion (after make demo): the monitor detects it and retrains
+	$(BIN)/mlwf drift-demo
+
+rollout-demo: $(STAMP) ## Canary a deliberately broken model against the demo's champion and watch it rolled back (BROKEN=errors|slow)
+	$(BIN)/mlwf rollout-demo --broken $(or $(BROKEN),errors)
 
 stop: $(STAMP) ## Stop the local model server started by the demo
 	$(BIN)/mlwf stop

@@ -4,7 +4,13 @@ One call is one rollout, and a rerun converges to the same state:
   1. the bundle goes to <MLWF_MODEL_STORE>/<service>/v<version>/ (skipped when an earlier run put it there);
   2. GET the InferenceService: absent -> create it; predictor already on this storageUri -> unchanged;
      otherwise start a canary (Knative mode: canaryTrafficPercent; Standard mode: spec.canary[]);
-  3. wait until the controller has really rolled the canary out, then promote it, or roll it back and raise.
+  3. move the canary through the traffic steps (MLWF_CANARY_STEPS, default 10 -> 25 -> 50 -> 100): after each,
+     wait until the controller really serves that split, then analyze canary vs stable from Prometheus and the
+     request logs (components/rollout.py, components/prometheus.py); promote after the last step, or roll back
+     and raise. A rerun resumes an interrupted rollout at the percent the spec holds.
+
+The pipeline's ServiceAccount may only get, list, watch, create and patch InferenceServices: this module sends
+GET, POST and merge-PATCH, never PUT or DELETE.
 
 Pure functions build the object, the patches and the readiness verdicts; `deploy_cluster` is the thin loop
 that talks to the API server. Every wait has a deadline and every API call a request timeout.
@@ -12,17 +18,20 @@ that talks to the API server. Every wait has a deadline and every API call a req
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from components import bundle as bundle_lib
-from components import storage
+from components import rollout, storage
 from components.deploy import DeployError, service_name
 from components.settings import Settings
 
@@ -32,6 +41,9 @@ GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 MODEL_FORMAT, MODEL_FORMAT_VERSION, RUNTIME = "mlwf-bundle", "1", "mlwf-bundle-runtime"
 VERSION_ANNOTATION = "mlwf.io/model-version"
 DIGEST_ANNOTATION = "mlwf.io/bundle-sha256"
+# On the InferenceService while a Knative canary runs: the predictor that served before it (JSON). The spec's
+# predictor then describes the canary, so without this a rerun could neither analyze nor restore the stable one.
+STABLE_ANNOTATION = "mlwf.io/stable-predictor"
 MODES = ("knative", "standard")
 # A small tabular program: modest requests leave room on the node; the limits stop a runaway server.
 RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
@@ -128,11 +140,19 @@ def plan(current: Obj | None, storage_uri: str) -> str:
     return "unchanged" if storage_uri_of(predictor) == storage_uri and settled else "canary"
 
 
-def canary_patch(mode: str, predictor: Obj, percent: int) -> Obj:
+def stable_record(predictor: Obj) -> Obj:
+    """What identifies a serving predictor: its storageUri and mlwf annotations (what a rollback restores)."""
+    return {"storageUri": storage_uri_of(predictor), "annotations": dict(predictor.get("annotations") or {})}
+
+
+def canary_patch(mode: str, predictor: Obj, percent: int, stable: Obj | None = None) -> Obj:
     if mode == "knative":
         # Only what changes: a new revision gets `percent`, the last rolled-out one keeps the rest.
-        return {"spec": {"predictor": {"canaryTrafficPercent": percent, "annotations": predictor["annotations"],
-                                       "model": {"storageUri": storage_uri_of(predictor)}}}}
+        patch: Obj = {"spec": {"predictor": {"canaryTrafficPercent": percent, "annotations": predictor["annotations"],
+                                             "model": {"storageUri": storage_uri_of(predictor)}}}}
+        if stable is not None:  # metadata only: it does not change the revision template
+            patch["metadata"] = {"annotations": {STABLE_ANNOTATION: json.dumps(stable, sort_keys=True)}}
+        return patch
     # Standard mode ignores canaryTrafficPercent; it runs the entries of spec.canary beside the predictor.
     return {"spec": {"canary": [{"trafficPercent": percent, "predictor": predictor}]}}
 
@@ -349,17 +369,22 @@ def _wait(api: Any, name: str, namespace: str, verdict: Callable[[Obj], Verdict]
 
 
 def deploy_cluster(model_dir: str, model_name: str, version: str, settings: Settings, api_client: Any = None,
-                   timeout_s: float = 600, poll_s: float = 2.0) -> dict[str, str]:
+                   timeout_s: float = 600, poll_s: float = 2.0, analyzer: Any = None,
+                   sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
     """Serve the bundle in `model_dir` as `version` of `model_name`; returns url, predict_url, isvc and action.
 
-    `timeout_s` bounds each wait (first rollout, canary, promotion). Raises DeployError naming the problem;
-    a canary that fails or is not ready in time is rolled back first.
+    `timeout_s` bounds each wait (first rollout, each canary step, promotion); `analyzer` observes a version over
+    a window (default: Prometheus at MLWF_PROMETHEUS_URL plus the request logs); `sleep` waits out each window.
+    Raises DeployError naming the problem; a canary that fails, is not ready in time or fails its analyses is
+    rolled back first, so the caller never moves the `champion` alias for it.
     """
     name, namespace, mode = service_name(model_name), settings.kserve_namespace, settings.kserve_mode
     if mode not in MODES:
         raise DeployError(f"MLWF_KSERVE_MODE must be one of {MODES}, got {mode!r}")
-    if not 0 < settings.canary_percent < 100:
-        raise DeployError(f"MLWF_CANARY_PERCENT must be between 1 and 99, got {settings.canary_percent}")
+    try:
+        policy = rollout.policy_from_settings(settings)
+    except ValueError as err:
+        raise DeployError(str(err)) from err
     store = model_store()
     api = custom_objects_api(api_client)  # before the upload: without credentials there is nothing to upload for
     bundle_lib.verify(model_dir)
@@ -381,28 +406,110 @@ def deploy_cluster(model_dir: str, model_name: str, version: str, settings: Sett
             raise DeployError(f"InferenceService {namespace}/{name} v{version} is not ready: {detail}")
         return result(obj, "created" if created else "unchanged")
 
-    # A run that finds its own canary already in the spec resumes it; it then cannot know the old storageUri.
-    old = (current.get("spec") or {}).get("predictor")
-    previous = old if storage_uri_of(old) != storage_uri else None
-    percent = settings.canary_percent
-    log.info("InferenceService %s/%s: canary v%s with %d%% of traffic (%s mode)", namespace, name, version, percent, mode)
-    _patch(api, name, namespace, current, lambda _: canary_patch(mode, predictor, percent))
-    check = knative_canary_verdict if mode == "knative" else standard_canary_verdict
-    obj, (state, detail) = _wait(api, name, namespace, lambda o: check(o, percent), timeout_s, poll_s)
-    if state != "ready" or obj is None:
-        reason = f"canary v{version} of {namespace}/{name} failed: {detail}"
-        if obj is None:
-            raise DeployError(reason)
-        try:
-            _patch(api, name, namespace, obj, lambda _: rollback_patch(mode, previous))
-        except DeployError as err:
-            raise DeployError(f"{reason}; the rollback failed too: {err}") from err
-        raise DeployError(f"{reason}; rolled back to the previous version")
+    if analyzer is None and not settings.prometheus_url:
+        raise DeployError("MLWF_PROMETHEUS_URL is not set: the canary analysis reads the model servers' metrics from Prometheus")
+    stable, start_percent = canary_state(mode, current, storage_uri)
+    what = f"canary v{version} of {namespace}/{name}"
+    log.info("%s: steps %s from %s (%s mode), stable %s", what, policy.steps, start_percent or "the start", mode, stable["storageUri"])
+    backend = ClusterCanary(api=api, name=name, namespace=namespace, mode=mode, predictor=predictor, stable=stable,
+                            stable_version=version_label(stable["storageUri"]), canary_version=version_label(model_dir),
+                            analyzer=analyzer or default_analyzer(settings, name, namespace),
+                            timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, obj=current)
+    report = rollout.run_rollout(backend, policy, what, start_percent=start_percent)
+    out = result(backend.obj, "canary-promoted")
+    out["rollout"] = report.summary()
+    return out
 
-    obj = _patch(api, name, namespace, obj, lambda cur: promote_patch(mode, cur))
-    obj, (state, detail) = _wait(api, name, namespace, lambda o: promoted_verdict(mode, o), timeout_s, poll_s)
-    if state != "ready" or obj is None:
-        # No automatic rollback here: the old revision no longer takes traffic, and bringing it back would be
-        # another untested rollout. The message says where things stand.
-        raise DeployError(f"{namespace}/{name} v{version} was promoted but is not ready: {detail}")
-    return result(obj, "canary-promoted")
+
+# ---------------------------------------------------------------- the progressive canary on a cluster
+
+
+def canary_state(mode: str, current: Obj, storage_uri: str) -> tuple[Obj, int | None]:
+    """(the stable predictor's record, the percent an interrupted rollout of this storageUri reached, or None)."""
+    spec = current.get("spec") or {}
+    predictor = spec.get("predictor") or {}
+    if mode == "standard":  # spec.predictor is stable until promotion; the canary is its own entry
+        canaries = spec.get("canary") or []
+        mine = canaries and storage_uri_of(canaries[0].get("predictor")) == storage_uri
+        return stable_record(predictor), (int(canaries[0].get("trafficPercent") or 0) or None) if mine else None
+    percent = predictor.get("canaryTrafficPercent")
+    if percent is None:  # settled: the predictor is what serves
+        return stable_record(predictor), None
+    note = ((current.get("metadata") or {}).get("annotations") or {}).get(STABLE_ANNOTATION)
+    if not note:
+        raise DeployError(f"the InferenceService has canaryTrafficPercent {percent} but no {STABLE_ANNOTATION} annotation: "
+                          "it was not started by this pipeline; finish or roll back that canary first")
+    stable = json.loads(note)
+    mine = storage_uri_of(predictor) == storage_uri
+    return stable, (int(percent) or None) if mine else None
+
+
+def version_label(bundle: str) -> str:
+    """The `version` label the runtime will put on this bundle's series: from a local dir or an s3:// prefix."""
+    from components.prometheus import served_version
+
+    signature = json.loads(storage.read_bytes(storage.join(bundle, bundle_lib.SIGNATURE)))
+    manifest = storage.read_bytes(storage.join(bundle, bundle_lib.MANIFEST))
+    return served_version(signature, hashlib.sha256(manifest).hexdigest())
+
+
+def default_analyzer(settings: Settings, name: str, namespace: str) -> Any:
+    from components.monitoring import log_root
+    from components.prometheus import ClusterAnalyzer, Prometheus
+
+    return ClusterAnalyzer(Prometheus(settings.prometheus_url), namespace, name, log_root(settings))
+
+
+@dataclass
+class ClusterCanary:
+    """rollout.Backend for one InferenceService: percents through patches, observations from the analyzer."""
+
+    api: Any
+    name: str
+    namespace: str
+    mode: str
+    predictor: Obj  # the canary's
+    stable: Obj  # stable_record() of what served before
+    stable_version: str
+    canary_version: str
+    analyzer: Any  # .observe(version, window_s) -> rollout.Observation
+    timeout_s: float
+    poll_s: float
+    sleep: Callable[[float], None] = time.sleep
+    obj: Obj = field(default_factory=dict)
+
+    def _current(self) -> Obj:
+        if not self.obj:
+            self.obj = _read(self.api, self.name, self.namespace) or {}
+        return self.obj
+
+    def set_traffic(self, percent: int) -> None:
+        self.obj = _patch(self.api, self.name, self.namespace, self._current(),
+                          lambda _: canary_patch(self.mode, self.predictor, percent, self.stable))
+        check = knative_canary_verdict if self.mode == "knative" else standard_canary_verdict
+        obj, (state, detail) = _wait(self.api, self.name, self.namespace, lambda o: check(o, percent), self.timeout_s, self.poll_s)
+        if obj is not None:
+            self.obj = obj
+        if state != "ready":
+            raise DeployError(detail)
+
+    def observe(self, percent: int, seconds: float) -> tuple[rollout.Observation, rollout.Observation]:
+        self.sleep(seconds)  # the window: traffic flows at this split while we wait
+        return self.analyzer.observe(self.stable_version, seconds), self.analyzer.observe(self.canary_version, seconds)
+
+    def checkpoint(self, percent: int, failures: int) -> None:
+        pass  # the percent is in the spec; a rerun starts counting failed analyses afresh
+
+    def promote(self) -> None:
+        self.obj = _patch(self.api, self.name, self.namespace, self._current(), lambda cur: promote_patch(self.mode, cur))
+        obj, (state, detail) = _wait(self.api, self.name, self.namespace, lambda o: promoted_verdict(self.mode, o),
+                                     self.timeout_s, self.poll_s)
+        if state != "ready" or obj is None:
+            # No automatic rollback here: the old revision no longer takes traffic, and bringing it back would be
+            # another untested rollout. The message says where things stand.
+            raise DeployError(f"{self.namespace}/{self.name} v{self.canary_version} was promoted but is not ready: {detail}")
+        self.obj = obj
+
+    def rollback(self) -> None:
+        previous = {"annotations": self.stable["annotations"], "model": {"storageUri": self.stable["storageUri"]}}
+        self.obj = _patch(self.api, self.name, self.namespace, self._current(), lambda _: rollback_patch(self.mode, previous))

@@ -42,17 +42,34 @@ class TabularNet(nn.Module):
         """Signed log: tames heavy tails (amounts, distances) without knowing the units."""
         return torch.sign(numeric) * torch.log1p(torch.abs(numeric))
 
-    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        parts = []
-        if self.n_numeric:
-            x = self.transform(numeric)
-            x = torch.where(torch.isnan(x), self.means, x)  # missing -> training mean
-            parts.append((x - self.means) / self.stds)
+    def standardize(self, numeric: torch.Tensor) -> torch.Tensor:
+        """Raw numeric values -> signed log, missing imputed with the training mean, standardised."""
+        x = self.transform(numeric)
+        x = torch.where(torch.isnan(x), self.means, x)  # missing -> training mean
+        return (x - self.means) / self.stds
+
+    def from_standardized(self, standardized: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The logit from already standardised numerics (training standardises its data once, not per batch)."""
+        parts = [standardized] if self.n_numeric else []
         for j, emb in enumerate(self.embeddings):
             parts.append(emb(codes[:, j]))
         if not parts:
             raise ValueError("the model has no inputs")
         return self.head(torch.cat(parts, dim=1)).squeeze(1)
+
+    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.from_standardized(self.standardize(numeric) if self.n_numeric else numeric, codes)
+
+
+class StandardizedInputs(nn.Module):
+    """Training's view of a TabularNet: takes standardised numerics (the same parameters, so DDP can wrap it)."""
+
+    def __init__(self, net: TabularNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, standardized: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.net.from_standardized(standardized, codes)
 
 
 class ScoringProgram(nn.Module):

@@ -193,10 +193,17 @@ def bundled_spec_path(name: str) -> Path:
     return path
 
 
+def spec_uri(ref: str) -> str:
+    """Where a spec reference points: a local path or s3:// URI as given, or a bundled spec's file.
+    The validation suite lives beside it (components/validate.py `suite_path`)."""
+    if not (storage.is_s3(ref) or ref.endswith((".yaml", ".yml")) or "/" in ref):
+        return str(bundled_spec_path(ref))
+    return ref
+
+
 def load_spec(ref: str) -> DatasetSpec:
     """Load a spec from a local path, an s3:// URI, or the name of a spec bundled with the project."""
-    if not (storage.is_s3(ref) or ref.endswith((".yaml", ".yml")) or "/" in ref):
-        ref = str(bundled_spec_path(ref))
+    ref = spec_uri(ref)
     if not storage.is_s3(ref) and not Path(ref).exists():
         raise SpecError(f"dataset spec not found: {ref}")
     try:

@@ -18,13 +18,14 @@ _component = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=Fal
 
 
 @_component
-def ingest_op(dataset_spec: str, source_uri: str, raw: Output[Dataset]) -> NamedTuple("IngestOutputs", [("rows", int), ("fingerprint", str)]):
-    """Read CSV or Parquet (local or s3://) and check its columns against the dataset spec."""
+def ingest_op(dataset_spec: str, source_uri: str, run_id: str, raw: Output[Dataset]) -> NamedTuple("IngestOutputs", [("rows", int), ("fingerprint", str)]):
+    """Read new or changed CSV/Parquet files (a file or a directory/prefix, local or s3://), checked against
+    the spec; outputs the union of every file of the source and the dataset version's fingerprint."""
     from collections import namedtuple
 
     from components.step_logic import ingest_step
 
-    rows, fingerprint = ingest_step(dataset_spec, source_uri, raw)
+    rows, fingerprint = ingest_step(dataset_spec, source_uri, raw, run_id)
     return namedtuple("IngestOutputs", ["rows", "fingerprint"])(rows, fingerprint)
 
 
@@ -45,26 +46,31 @@ def features_op(dataset_spec: str, valid: Input[Dataset], train_set: Output[Data
 
 
 @_component
-def train_op(dataset_spec: str, train_set: Input[Dataset], feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Output[Model], metrics: Output[Metrics]) -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
-    """PyTorch on CUDA when present, tracked in MLflow; writes the sealed model bundle."""
+def train_op(dataset_spec: str, train_set: Input[Dataset], feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Output[Model], metrics: Output[Metrics], nodes: int = 1, gpus_per_node: int = 1) -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
+    """PyTorch on CUDA when present (DDP over every GPU of the pod), tracked in MLflow; writes the sealed model bundle.
+
+    `nodes` > 1 trains in a Kubeflow Trainer TrainJob of that many nodes with `gpus_per_node` GPUs each.
+    """
     from collections import namedtuple
 
     from components.step_logic import train_step
 
-    name, version = train_step(dataset_spec, train_set, feature_service, dataset_fingerprint, epochs, seed, model, metrics)
+    name, version = train_step(dataset_spec, train_set, feature_service, dataset_fingerprint, epochs, seed, model, metrics, nodes, gpus_per_node)
     return namedtuple("TrainOutputs", ["model_name", "version"])(name, version)
 
 
 @_component
-def evaluate_op(model: Input[Model], test_set: Input[Dataset], model_name: str, version: str, min_roc_auc: float, max_p99_latency_ms: float, max_regression: float, metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML]) -> bool:
-    """Test-period metrics against thresholds and the champion. Returns the gate the pipeline branches on.
+def evaluate_op(model: Input[Model], train_set: Input[Dataset], test_set: Input[Dataset], model_name: str, version: str, dataset_spec: str, gate_policy: str, min_roc_auc: float, max_p99_latency_ms: float, max_regression: float, metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML], model_card: Output[Markdown]) -> bool:
+    """Judge the version by its gate policy (thresholds, latency, slices, champion); baseline beside it. Returns the gate.
 
+    `gate_policy` names the policy file (empty: the one beside the dataset spec); a non-negative
+    `min_roc_auc`, `max_p99_latency_ms` or `max_regression` overrides that value of the file.
     A single bool output on purpose: kfp.local resolves a condition on a task's `Output` but silently
     skips a branch whose condition names a NamedTuple field. The reasons are in the report and MLflow.
     """
     from components.step_logic import evaluate_step
 
-    return evaluate_step(model, test_set, model_name, version, min_roc_auc, max_p99_latency_ms, max_regression, metrics, roc, report)
+    return evaluate_step(model, train_set, test_set, model_name, version, dataset_spec, gate_policy, min_roc_auc, max_p99_latency_ms, max_regression, metrics, roc, report, model_card)
 
 
 @_component

@@ -6,6 +6,11 @@
   mlwf compile    write the pipeline package a Kubeflow cluster runs
   mlwf submit     create a run on Kubeflow Pipelines (kfp.Client)
   mlwf stop       stop the local model server
+  mlwf monitor --local   drift of the served traffic vs the champion; retrain on an alert (kfp.local)
+  mlwf drift-demo        replay drifted traffic to the served champion, detect the drift, retrain
+  mlwf schedule   create a recurring monitoring run on Kubeflow Pipelines (cron)
+  mlwf suite --dataset SPEC   write/update the validation suite beside the spec (SPEC.suite.json)
+  mlwf lineage DATASET|MODEL/VERSION   input files, suite, code and run behind a dataset or model version
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PACKAGE = "pipelines/compiled/training.yaml"
+MONITORING_PACKAGE = "pipelines/compiled/monitoring.yaml"
 
 
 def _fail(message: str) -> int:
@@ -47,6 +53,7 @@ def _run_arguments(args: argparse.Namespace, source: str) -> dict[str, Any]:
         "source_uri": source,
         "epochs": args.epochs,
         "seed": args.seed,
+        "gate_policy": args.gate_policy,
         "min_roc_auc": args.min_roc_auc,
         "max_p99_latency_ms": args.max_p99_latency_ms,
         "max_regression": args.max_regression,
@@ -54,11 +61,70 @@ def _run_arguments(args: argparse.Namespace, source: str) -> dict[str, Any]:
 
 
 def _check_inputs(dataset: str, source: str) -> None:
-    """Fail in one line before any step starts: a missing spec or input is not worth a pipeline run."""
-    from components.ingest import read_checked
-    from components.spec import load_spec
+    """Fail in one line before any step starts: a missing spec or input is not worth a pipeline run.
 
-    read_checked(load_spec(dataset), source)
+    Bring your own data: a local spec without a validation suite beside it gets one written (and the
+    user is told, to review and commit it); a suite that is stale against its spec is an error that
+    names the command to refresh it, because someone may have reviewed the old one.
+    """
+    from components import storage
+    from components.ingest import check_source
+    from components.settings import get_settings
+    from components.spec import load_spec
+    from components.validate import load_suite, suite_path, write_suite
+
+    spec = load_spec(dataset)
+    check_source(spec, source, get_settings().state_dir)  # reads the state store, writes nothing
+    path = suite_path(dataset)
+    if not storage.is_s3(path) and not storage.exists(path):
+        path, suite, _ = write_suite(dataset)
+        print(f"mlwf: wrote the validation suite {path} ({len(suite.expectations)} expectations, version {suite.version}) "
+              "beside the spec; review it and keep it with the spec")
+    load_suite(spec, dataset)
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    """Write or update the validation suite beside the spec (`--check`: only say whether it is current)."""
+    from components.spec import SpecError, load_spec
+    from components.validate import SuiteError, load_suite, suite_path, write_suite
+
+    try:
+        if args.check:
+            suite = load_suite(load_spec(args.dataset), args.dataset)
+            print(f"{suite.path} is current (version {suite.version}, {len(suite.expectations)} expectations)")
+            return 0
+        path, suite, changed = write_suite(args.dataset)
+    except (SuiteError, SpecError) as err:
+        return _fail(str(err))
+    state = "wrote" if changed else "unchanged:"
+    print(f"{state} {path} (version {suite.version}, {len(suite.expectations)} expectations)")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Where a dataset version or a model version came from: input files, suite, code and run."""
+    from components import lineage
+    from components.settings import get_settings
+    from components.spec import SpecError, load_spec
+
+    try:
+        if lineage.is_model_ref(args.ref):
+            info = lineage.describe_model(args.ref)
+            text = lineage.format_model(info)
+        else:
+            spec = load_spec(args.ref)
+            info = lineage.describe_dataset(get_settings().state_dir, spec.name, args.version)
+            text = lineage.format_dataset(info)
+            if args.row is not None:
+                info["rows_found"] = lineage.find_rows(info, spec.entity_column, args.row)
+                if not info["rows_found"]:
+                    return _fail(f"no row with {spec.entity_column} = {args.row!r} in dataset {spec.name} version {info['dataset_fingerprint'][:16]}")
+                text += "\n" + "\n".join(f"  row {args.row}: {r['file']} line {r['source_line']} (sha256 {r['sha256'][:16]})"
+                                         for r in info["rows_found"])
+    except (lineage.LineageError, SpecError) as err:
+        return _fail(str(err))
+    print(json.dumps(info, indent=2, default=str) if args.json else text)
+    return 0
 
 
 def _summary(run: Any) -> str:
@@ -115,8 +181,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args)
 
 
-def compile_package(out: str, image: str | None = None) -> str:
-    """Compile the training pipeline and write the components image into it (placeholder -> configured)."""
+def compile_package(out: str, image: str | None = None, pipeline: Any = None) -> str:
+    """Compile a pipeline (default: training) and write the components image into it (placeholder -> configured)."""
     import yaml
     from kfp import compiler
 
@@ -127,7 +193,7 @@ def compile_package(out: str, image: str | None = None) -> str:
     image = image or get_settings().components_image
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".tmp.yaml")
-    compiler.Compiler().compile(training_pipeline, str(tmp))
+    compiler.Compiler().compile(pipeline or training_pipeline, str(tmp))
     docs = list(yaml.safe_load_all(tmp.read_text()))
     for executor in docs[0]["deploymentSpec"]["executors"].values():
         if executor.get("container", {}).get("image") == PLACEHOLDER_IMAGE:
@@ -140,11 +206,21 @@ def compile_package(out: str, image: str | None = None) -> str:
     return out
 
 
+def pin_digest(image: str, digest: str) -> str:
+    """`registry:5000/repo/name:tag` + digest -> `registry:5000/repo/name@digest` (only a tag after the last / goes)."""
+    image = image.split("@", 1)[0]
+    head, slash, last = image.rpartition("/")
+    return f"{head}{slash}{last.split(':', 1)[0]}@{digest}"
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     image = args.image
     if args.digest:
-        image = f"{(image or '').split(':')[0] or 'ghcr.io/mlwf/components'}@{args.digest}"
+        image = pin_digest(image or "ghcr.io/mlwf/components", args.digest)
     print(f"wrote {compile_package(args.out, image)}")
+    from pipelines.monitoring import monitoring_pipeline
+
+    print(f"wrote {compile_package(str(Path(args.out).with_name(Path(MONITORING_PACKAGE).name)), image, monitoring_pipeline)}")
     return 0
 
 
@@ -178,11 +254,30 @@ def parse_arguments(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def with_gpu_placement(package: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Fill the train step's GPU tolerations and node selector from settings, unless given as --arg.
+
+    Only for a package that has those parameters (the training pipeline); the node selector stays empty
+    for a CPU run (gpu_count 0), where it would only keep the pod off CPU nodes.
+    """
+    import yaml
+
+    from pipelines.training import gpu_placement_arguments
+
+    with open(package) as handle:
+        spec = next(yaml.safe_load_all(handle))
+    params = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    if "gpu_tolerations" not in params:
+        return arguments
+    default_count = int(params.get("gpu_count", {}).get("defaultValue", 1))
+    return {**gpu_placement_arguments(int(arguments.get("gpu_count", default_count))), **arguments}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     if not Path(args.package).exists():
         return _fail(f"pipeline package not found: {args.package} (run `mlwf compile` first)")
     try:
-        arguments = parse_arguments(args.arg)
+        arguments = with_gpu_placement(args.package, parse_arguments(args.arg))
     except ValueError as err:
         return _fail(str(err))
     client = kfp_client(args.host, args.namespace)
@@ -204,6 +299,250 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_arguments(base: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """Training pipeline arguments for a retraining; `NAME=200` becomes 200.0 where the pipeline takes a Float
+    (kfp rejects an int for a float input)."""
+    from pipelines.training import training_pipeline
+
+    types = {name: spec.type for name, spec in training_pipeline.component_spec.inputs.items()}
+    out = {**base, **parse_arguments(pairs)}
+    unknown = sorted(set(out) - set(types))
+    if unknown:
+        raise ValueError(f"the training pipeline has no parameter(s) {unknown}; it takes {sorted(types)}")
+    return {k: float(v) if types[k] == "Float" and isinstance(v, int) else v for k, v in out.items()}
+
+
+def _monitor_arguments(args: argparse.Namespace, training: dict[str, Any]) -> dict[str, Any]:
+    return {"model_name": args.model, "window_hours": args.window_hours, "psi_warn": args.psi_warn, "psi_alert": args.psi_alert,
+            "ks_alpha": args.ks_alpha, "ks_min_d": args.ks_min_d, "min_rows": args.min_rows, "cooldown_hours": args.cooldown_hours,
+            "labels_uri": args.labels or "", "pushgateway_url": args.pushgateway or "", "training_arguments": json.dumps(training)}
+
+
+def _monitor_summary(run: Any) -> str:
+    drift = json.loads(run.artifact("drift-op", "drift").read_text())
+    summary = drift["summary"]
+    lines = [f"\nMonitoring run finished in {run.seconds:.1f}s: {summary['rows']} served rows of {drift['service']} "
+             f"against champion v{drift['champion_version']}", "",
+             f"  {'feature':<18} {'PSI':>8} {'KS D':>7} {'KS crit':>8}  level"]
+    for f in [*summary["features"], *([summary["prediction"]] if summary["prediction"] else [])]:
+        ks = f"{f['ks_d']:7.3f} {f['ks_critical']:8.3f}" if f["ks_d"] is not None else f"{'-':>7} {'-':>8}"
+        lines.append(f"  {f['feature']:<18} {f['psi']:8.3f} {ks}  {f['level']}{'  <- ' + '; '.join(f['reasons']) if f['reasons'] else ''}")
+    verdict = "insufficient data" if summary["insufficient"] else ("DRIFT ALERT: " + ", ".join(summary["drifted"]) if summary["alert"] else "no drift alert")
+    lines += ["", f"{'Verdict:':<20} {verdict}", f"{'Drift report:':<20} {run.artifact('drift-op', 'report')}"]
+    if run.ran("retrain-op"):
+        lines.append(f"{'Retraining:':<20} " + run.artifact("retrain-op", "decision").read_text().splitlines()[2])
+    else:
+        lines.append(f"{'Retraining:':<20} not started (no alert, too few rows, or within the cooldown: see the report)")
+    return "\n".join(lines)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    if not args.local:
+        return _fail("only --local runs here; on a cluster use `mlwf compile` and `mlwf schedule`")
+    from components.settings import get_settings
+    from pipelines.local import PipelineFailed
+    from pipelines.monitoring import run_monitoring_local
+
+    try:
+        training = _training_arguments({"dataset_spec": args.dataset, "source_uri": args.retrain_data or str(_demo_data_path())}, args.retrain_arg)
+        run = run_monitoring_local(_monitor_arguments(args, training))
+    except (PipelineFailed, ValueError) as err:
+        return _fail(str(err))
+    print(_monitor_summary(run))
+    print(f"{'Gauges (textfile):':<20} {Path(get_settings().state_dir) / 'monitoring' / 'metrics'}")
+    return 0
+
+
+def _ready(url: str, service: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url}/v2/models/{service}/ready", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _serve_champion(settings: Any, model: str, instances: list[dict[str, Any]]) -> tuple[str, str]:
+    """The champion's predict URL: the running local server when it serves the champion, else a fresh one."""
+    import tempfile
+
+    from components import tracking
+    from components.deploy import deploy_local, service_name
+
+    client = tracking.configure(settings)
+    champion = tracking.alias_version(client, model, "champion")
+    if champion is None:
+        raise LookupError(f"no champion of {model!r} in the MLflow registry ({settings.mlflow_tracking_uri}): run `make demo` first")
+    service = service_name(model)
+    record = Path(settings.state_dir) / "serving" / service / "server.json"
+    if record.exists():
+        served = json.loads(record.read_text())
+        if str(served.get("version")) == str(champion.version) and _ready(served["url"], service):
+            return served["predict_url"], str(champion.version)
+    print(f"the champion v{champion.version} is not being served: starting it on {settings.serve_host}:{settings.serve_port}")
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        bundle = tracking.download_bundle(client, champion, tmp)
+        deployment = deploy_local(bundle, model, str(champion.version), instances, settings)
+    return deployment.predict_url, str(champion.version)
+
+
+def cmd_drift_demo(args: argparse.Namespace) -> int:
+    """Serve the champion, replay drifted traffic through HTTP, run the monitor: it detects drift and retrains."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    import requests
+
+    from components import bundle as bundle_lib
+    from components import tracking
+    from components.datagen import GenConfig, generate
+    from components.deploy import service_name
+    from components.request_log import RequestLogWriter, read_window
+    from components.settings import get_settings
+    from pipelines.local import PipelineFailed
+    from pipelines.monitoring import run_monitoring_local
+
+    settings = get_settings()
+    service = service_name(args.model)
+    traffic = generate(GenConfig(rows=args.rows, seed=args.seed, drift=args.drift))
+    features = ["amount", "hour_of_day", "card_age_days", "distance_km", "txn_count_24h", "merchant_category", "channel", "country"]
+    columns = bundle_lib.columns_from_frame(traffic, features)
+    instances = [{k: v[i] for k, v in columns.items()} for i in range(len(traffic))]
+    try:
+        predict_url, version = _serve_champion(settings, args.model, instances[:3])
+    except (LookupError, RuntimeError) as err:
+        return _fail(str(err))
+    data_path = Path(settings.state_dir) / "data" / "transactions-drifted.csv"
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    traffic.to_csv(data_path, index=False)  # the newly labeled period the retraining learns from
+
+    replay = min(args.replay, len(instances))
+    started = datetime.now(timezone.utc) - timedelta(seconds=1)
+    print(f"replaying {replay} drifted transactions (drift={args.drift}) to {predict_url} in batches of {args.batch} ...")
+    answers: list[dict[str, Any]] = []
+    clock = time.perf_counter()
+    with requests.Session() as http:
+        for start in range(0, replay, args.batch):
+            response = http.post(predict_url, json={"instances": instances[start : min(start + args.batch, replay)]}, timeout=30)
+            if response.status_code != 200:
+                return _fail(f"the model server answered HTTP {response.status_code}: {response.text[:200]}")
+            answers.extend(response.json()["predictions"])
+    print(f"  {replay} rows scored in {time.perf_counter() - clock:.1f}s over HTTP")
+
+    root = str(Path(settings.state_dir) / "request_logs")
+    logged = 0
+    deadline = time.monotonic() + 10  # the server's log sink flushes every few seconds
+    while time.monotonic() < deadline:
+        logged = len(read_window(root, service, started, datetime.now(timezone.utc) + timedelta(seconds=1)))
+        if logged >= replay:
+            break
+        time.sleep(1)
+    if logged:
+        print(f"  the model server logged {logged} rows under {root}/{service}")
+    else:
+        print(f"  the model server wrote no request logs: the replay client logs the {replay} answers itself (same format)")
+        writer = RequestLogWriter(root, service)
+        probs = [a["probability"] for a in answers]
+        writer.log(instances[:replay], probs, [a["label"] for a in answers], version, "drift-demo",
+                   entities=traffic["transaction_id"].iloc[:replay].tolist())
+        writer.flush()
+    labels = Path(settings.state_dir) / "monitoring" / service / "labels" / "drift-demo.csv"
+    labels.parent.mkdir(parents=True, exist_ok=True)
+    known = traffic.iloc[:replay]
+    known.assign(entity=known["transaction_id"], label=known["is_fraud"], ts=datetime.now(timezone.utc).isoformat())[["entity", "label", "ts"]].to_csv(labels, index=False)
+
+    try:
+        training = _training_arguments({"dataset_spec": "transactions", "source_uri": str(data_path), "epochs": args.epochs}, args.retrain_arg)
+    except ValueError as err:
+        return _fail(str(err))
+    arguments = {"model_name": args.model, "window_hours": args.window_hours, "cooldown_hours": args.cooldown_hours,
+                 "labels_uri": str(labels), "training_arguments": json.dumps(training)}
+    print("running the monitoring pipeline (kfp.local) ...")
+    try:
+        run = run_monitoring_local(arguments)
+    except PipelineFailed as err:
+        return _fail(str(err))
+    print(_monitor_summary(run))
+    print(f"{'Gauges (textfile):':<20} {Path(settings.state_dir) / 'monitoring' / 'metrics' / f'mlwf_drift_{service}.prom'}")
+    champion = tracking.alias_version(tracking.configure(settings), args.model, "champion")
+    print(f"{'Champion now:':<20} v{champion.version if champion else '?'} (was v{version})")
+    return 0
+
+
+def cron_with_seconds(expression: str) -> str:
+    """KFP recurring runs take a 6-field cron (seconds first); a usual 5-field one gets second 0."""
+    fields = expression.split()
+    if len(fields) == 5:
+        return " ".join(["0", *fields])
+    if len(fields) == 6:
+        return " ".join(fields)
+    raise ValueError(f"--cron takes 5 fields (minute hour day month weekday) or 6 (seconds first), got {expression!r}")
+
+
+def schedule_monitoring(client: Any, package: str, cron: str, experiment: str, job_name: str, params: dict[str, Any],
+                        namespace: str) -> Any:
+    """A recurring run of the monitoring package: one run at a time, no backfill of missed slots."""
+    found = client.create_experiment(name=experiment, namespace=namespace)  # returns the existing one by name
+    return client.create_recurring_run(experiment_id=found.experiment_id, job_name=job_name, cron_expression=cron_with_seconds(cron),
+                                       pipeline_package_path=package, params=params, max_concurrency=1, no_catchup=True,
+                                       enable_caching=False)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    if not Path(args.package).exists():
+        return _fail(f"pipeline package not found: {args.package} (run `mlwf compile` first)")
+    try:
+        # The monitoring pipeline's parameters are scalars; a JSON object (training_arguments) travels as its text.
+        params = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in parse_arguments(args.arg).items()}
+        cron_with_seconds(args.cron)
+    except ValueError as err:
+        return _fail(str(err))
+    job = schedule_monitoring(kfp_client(args.host, args.namespace), args.package, args.cron, args.experiment, args.job_name,
+                              params, args.namespace)
+    print(f"scheduled {args.job_name!r} ({cron_with_seconds(args.cron)}): recurring run {job.recurring_run_id}")
+    return 0
+
+
+def cmd_rollout_demo(args: argparse.Namespace) -> int:
+    """Canary a broken copy of the serving champion, with demo traffic replayed, and show the rollback."""
+    import pandas as pd
+    import requests
+
+    from components import bundle as bundle_lib
+    from components.deploy import DeployError, deploy_local, make_broken_bundle, service_name
+    from components.settings import get_settings
+
+    settings = get_settings()
+    home = Path(settings.state_dir) / "serving" / service_name(args.model)
+    record_path = home / "server.json"
+    stable = json.loads(record_path.read_text()) if record_path.exists() else None
+    if stable is None or not requests.get(f"{stable['url']}/v2/models/{service_name(args.model)}/ready", timeout=5).ok:
+        return _fail(f"no {args.model} model server is running locally: run `make demo` first")
+    data = Path(args.data) if args.data else _demo_data_path()
+    if not data.exists():
+        return _fail(f"no traffic to replay: {data} does not exist (run `make demo` first, or pass --data)")
+    champion = bundle_lib.load(stable["model_dir"])
+    frame = pd.read_csv(data).tail(2000)  # the latest rows: the test period
+    columns = bundle_lib.columns_from_frame(frame, champion.feature_names)
+    traffic = [{k: v[i] for k, v in columns.items()} for i in range(len(frame))]
+    broken = make_broken_bundle(stable["model_dir"], str(home / f"broken-{args.broken}"), args.broken)
+    what = {"errors": "a bundle whose signature renames a feature (real requests get 400)",
+            "slow": "a bundle whose program does ~5 GFLOP per request (right answers, too late)"}[args.broken]
+    print(f"champion v{stable['version']} serves at {stable['url']}; canary: {what}")
+    try:
+        deployed = deploy_local(broken, args.model, f"broken-{args.broken}", traffic[:3], settings, replay=traffic)
+    except DeployError as err:
+        report = getattr(err, "report", None)
+        if report is not None:
+            print(report.summary())
+        print(f"\n{err}")
+        answer = requests.post(stable["predict_url"], json={"instances": traffic[:1]}, timeout=10)
+        print(f"\nthe champion v{stable['version']} still answers at {stable['predict_url']}: HTTP {answer.status_code}")
+        return 0 if answer.status_code == 200 else 1
+    print(deployed.rollout)
+    return _fail(f"the broken canary was promoted (v{deployed.version} now serves): the analysis let it through")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlwf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,9 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dataset", default="transactions", help="dataset spec: a bundled name, a YAML path or s3:// URI")
         p.add_argument("--epochs", type=int, default=30)
         p.add_argument("--seed", type=int, default=42)
-        p.add_argument("--min-roc-auc", type=float, default=0.75)
-        p.add_argument("--max-p99-latency-ms", type=float, default=5.0)
-        p.add_argument("--max-regression", type=float, default=0.01)
+        p.add_argument("--gate-policy", default="", help="gate policy file (default: <dataset>.policy.yaml beside the spec)")
+        p.add_argument("--min-roc-auc", type=float, default=-1.0, help="override the policy's minimum ROC-AUC (>= 0)")
+        p.add_argument("--max-p99-latency-ms", type=float, default=-1.0, help="override the policy's latency budget (>= 0)")
+        p.add_argument("--max-regression", type=float, default=-1.0, help="override the policy's champion tolerance (>= 0)")
 
     run = sub.add_parser("run", help="run the training pipeline")
     run.add_argument("--local", action="store_true", help="on this machine with kfp.local")
@@ -253,6 +593,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     stop = sub.add_parser("stop", help="stop the local model server")
     stop.set_defaults(func=cmd_stop)
+
+    demo_rollout = sub.add_parser("rollout-demo", help="canary a deliberately broken model against the local champion, see it rolled back")
+    demo_rollout.add_argument("--broken", choices=["errors", "slow"], default="errors",
+                              help="errors: requests fail with 400; slow: answers are right but late (default: errors)")
+    demo_rollout.add_argument("--model", default="transactions_classifier", help="registered model name of the champion")
+    demo_rollout.add_argument("--data", help="CSV whose latest rows are replayed as traffic (default: the demo data)")
+    demo_rollout.set_defaults(func=cmd_rollout_demo)
+
+    def monitor_options(p: argparse.ArgumentParser, window: float) -> None:
+        p.add_argument("--model", default="transactions_classifier", help="registered model whose champion is monitored")
+        p.add_argument("--window-hours", type=float, default=window, help="served traffic of this many past hours")
+        p.add_argument("--cooldown-hours", type=float, default=24.0, help="no second retraining within this time")
+
+    mon = sub.add_parser("monitor", help="drift of the served traffic vs the champion; retrain on an alert")
+    mon.add_argument("--local", action="store_true", help="on this machine with kfp.local")
+    monitor_options(mon, 24.0)
+    mon.add_argument("--psi-warn", type=float, default=0.1)
+    mon.add_argument("--psi-alert", type=float, default=0.25)
+    mon.add_argument("--ks-alpha", type=float, default=0.01)
+    mon.add_argument("--ks-min-d", type=float, default=0.1, help="floor on the KS statistic D")
+    mon.add_argument("--min-rows", type=int, default=200, help="fewer served rows: no decision")
+    mon.add_argument("--labels", help="delayed labels (CSV/Parquet/JSONL: entity, label, ts) for live ROC-AUC")
+    mon.add_argument("--pushgateway", help="also push the gauges to this Prometheus Pushgateway")
+    mon.add_argument("--dataset", default="transactions", help="dataset spec the retraining uses")
+    mon.add_argument("--retrain-data", help="input the retraining reads (default: the demo data)")
+    mon.add_argument("--retrain-arg", action="append", default=[], metavar="NAME=VALUE", help="training pipeline argument")
+    mon.set_defaults(func=cmd_monitor)
+
+    dd = sub.add_parser("drift-demo", help="replay drifted traffic to the served champion; the monitor detects it and retrains")
+    monitor_options(dd, 1.0)
+    dd.add_argument("--rows", type=int, default=20_000, help="drifted transactions generated (the retraining's data)")
+    dd.add_argument("--replay", type=int, default=5_000, help="how many of them are sent to the model server")
+    dd.add_argument("--batch", type=int, default=100, help="rows per HTTP request")
+    dd.add_argument("--drift", type=float, default=1.0)
+    dd.add_argument("--seed", type=int, default=11)
+    dd.add_argument("--epochs", type=int, default=30)
+    dd.add_argument("--retrain-arg", action="append", default=[], metavar="NAME=VALUE", help="training pipeline argument")
+    dd.set_defaults(func=cmd_drift_demo)
+
+    sch = sub.add_parser("schedule", help="create a recurring monitoring run on Kubeflow Pipelines")
+    sch.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    sch.add_argument("--namespace", default="mlwf")
+    sch.add_argument("--experiment", default="mlwf-monitoring")
+    sch.add_argument("--job-name", default="mlwf-drift-monitor")
+    sch.add_argument("--cron", default="0 * * * *", help="cron expression (5 fields, or 6 with seconds first)")
+    sch.add_argument("--package", default=MONITORING_PACKAGE)
+    sch.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="pipeline argument (repeatable)")
+    sch.set_defaults(func=cmd_schedule)
+
+    suite = sub.add_parser("suite", help="write or update the validation suite beside a dataset spec")
+    suite.add_argument("--dataset", default="transactions", help="dataset spec: a bundled name, a YAML path or s3:// URI")
+    suite.add_argument("--check", action="store_true", help="only check that the suite is current (exit 2 if not)")
+    suite.set_defaults(func=cmd_suite)
+
+    lin = sub.add_parser("lineage", help="where a dataset version or a model version came from")
+    lin.add_argument("ref", help="a dataset spec (name or path), or a model version: NAME/VERSION, NAME@ALIAS, models:/...")
+    lin.add_argument("--version", help="a dataset version (fingerprint) instead of the latest")
+    lin.add_argument("--row", help="an entity key: the file and line its row(s) came from")
+    lin.add_argument("--json", action="store_true", help="the whole record as JSON")
+    lin.set_defaults(func=cmd_lineage)
     return parser
 
 

@@ -6,6 +6,8 @@ retries) compiles into the package and is ignored by the local runner.
 """
 
 
+from typing import Any
+
 from kfp import dsl, kubernetes
 
 from components.steps import deploy_op, evaluate_op, features_op, ingest_op, train_op, validate_op
@@ -24,7 +26,9 @@ SETTINGS_KEYS = (
     "MLWF_KSERVE_NAMESPACE",
     "MLWF_KSERVE_MODE",
     "MLWF_KSERVE_SERVICE_ACCOUNT",
-    "MLWF_CANARY_PERCENT",
+    "MLWF_CANARY_STEPS",
+    "MLWF_PROMETHEUS_URL",
+    "MLWF_TRAINJOB_IMAGE",
     "AWS_ENDPOINT_URL",
     "AWS_DEFAULT_REGION",
 )
@@ -46,19 +50,53 @@ def _cluster_wiring(task: dsl.PipelineTask, retries: int = 0) -> dsl.PipelineTas
     return task
 
 
+def gpu_placement(task: dsl.PipelineTask, gpu_count: Any, tolerations: Any, node_selector: Any) -> dsl.PipelineTask:
+    """The train step's GPU request and node placement, all resolved per run by the KFP driver.
+
+    gpu_count 0 is correct on a CPU-only cluster: the driver writes the limit `nvidia.com/gpu: 0`, and the
+    scheduler skips extended resources requested at zero, so the pod fits any node. (A dsl.If/Else choosing
+    between a GPU and a CPU variant of the task would work too, but renames the tasks and conditions that
+    evaluate, deploy and the compiled-package tests refer to.) Tolerations only permit a node, so they are
+    harmless on CPU nodes; the node selector does restrict, so it is a run parameter (default: none) rather
+    than a constant: a gpu_count=0 run leaves it empty. `gpu_placement_arguments` turns the settings
+    (MLWF_GPU_TOLERATIONS, MLWF_GPU_NODE_SELECTOR) into these parameters for compile or submit.
+    """
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
+    kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.add_node_selector_json(task, node_selector)
+    return task
+
+
+def gpu_placement_arguments(gpu_count: int, settings: Any = None) -> dict[str, Any]:
+    """Run arguments for the GPU placement from settings: tolerations always, the node selector only with GPUs."""
+    from components.settings import get_settings
+
+    settings = settings or get_settings()
+    return {"gpu_count": gpu_count, "gpu_tolerations": list(settings.gpu_tolerations),
+            "gpu_node_selector": dict(settings.gpu_node_selector) if gpu_count > 0 else {}}
+
+
 @dsl.pipeline(name=PIPELINE_NAME, description="Validate, featurize, train, gate and canary-deploy a tabular classifier.")
 def training_pipeline(
     dataset_spec: str = "transactions",
     source_uri: str = "s3://mlwf/data/transactions.csv",
     epochs: int = 30,
     seed: int = 42,
-    min_roc_auc: float = 0.75,
-    max_p99_latency_ms: float = 5.0,
-    max_regression: float = 0.01,
-    gpu_count: int = 1,
+    gate_policy: str = "",  # the gate policy file; empty: <dataset_spec>.policy.yaml beside the spec
+    min_roc_auc: float = -1.0,  # the three below override the policy file when >= 0 (tests force each branch)
+    max_p99_latency_ms: float = -1.0,
+    max_regression: float = -1.0,
+    gpu_count: int = 1,  # GPUs for the train step's pod; 0 runs it on a CPU node (see gpu_placement below)
+    gpu_tolerations: list = [],  # Kubernetes tolerations for that pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    gpu_node_selector: dict = {},  # node labels for that pod, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    train_nodes: int = 1,  # > 1: train in a Kubeflow Trainer TrainJob of this many nodes (then gpu_count=0 for the step)
+    gpus_per_node: int = 1,  # GPUs per TrainJob node (used only when train_nodes > 1)
 ) -> None:
-    ingest = _cluster_wiring(ingest_op(dataset_spec=dataset_spec, source_uri=source_uri), retries=2)
-    ingest.set_display_name("ingest").set_cpu_limit("1").set_memory_limit("4G")
+    ingest = _cluster_wiring(
+        ingest_op(dataset_spec=dataset_spec, source_uri=source_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), retries=2
+    )
+    # Never cached: a directory or prefix gains files under the same URI; ingest itself skips what it has seen.
+    ingest.set_display_name("ingest").set_caching_options(False).set_cpu_limit("1").set_memory_limit("4G")
     validate = _cluster_wiring(
         validate_op(dataset_spec=dataset_spec, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, raw=ingest.outputs["raw"])
     )
@@ -73,17 +111,22 @@ def training_pipeline(
             dataset_fingerprint=ingest.outputs["fingerprint"],
             epochs=epochs,
             seed=seed,
+            nodes=train_nodes,
+            gpus_per_node=gpus_per_node,
         ),
         retries=1,
     )
     train.set_display_name("train").set_cpu_limit("4").set_memory_limit("16G")
-    train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
+    gpu_placement(train, gpu_count, gpu_tolerations, gpu_node_selector)
     evaluate = _cluster_wiring(
         evaluate_op(
             model=train.outputs["model"],
+            train_set=features.outputs["train_set"],  # the baseline is fit on the same split as the model
             test_set=features.outputs["test_set"],
             model_name=train.outputs["model_name"],
             version=train.outputs["version"],
+            dataset_spec=dataset_spec,
+            gate_policy=gate_policy,
             min_roc_auc=min_roc_auc,
             max_p99_latency_ms=max_p99_latency_ms,
             max_regression=max_regression,

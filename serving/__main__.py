@@ -1,44 +1,127 @@
-"""Entry point: `python -m serving --model_name NAME --model_dir DIR_OR_S3 [KServe flags] [--bind_host 127.0.0.1]`.
+"""Entry point: `python -m serving --model_name NAME --model_dir DIR_OR_S3 [KServe flags] [serving flags]`.
 
-In a pod KServe's ModelServer binds 0.0.0.0 as usual. On a laptop `--bind_host 127.0.0.1` serves the
-same application on loopback only (ModelServer has no host flag), REST only.
+In a pod (no `--bind_host`) REST listens on 0.0.0.0:--http_port and gRPC on [::]:--grpc_port (8081), as
+KServe's ModelServer does. On a laptop `--bind_host 127.0.0.1` keeps both on loopback; there gRPC runs only
+when `--grpc_port` is given, so several local servers never fight over KServe's default port.
+
+Serving flags whose default comes from the environment (so a ServingRuntime can set them without args):
+  --max_request_bytes         MLWF_SERVE_MAX_REQUEST_BYTES   (8 MiB; larger bodies get 413)
+  --request_log_root          MLWF_REQUEST_LOG_ROOT          (<MLWF_STATE_DIR>/request_logs; "off" disables)
+  --request_log_sample_rate   MLWF_REQUEST_LOG_SAMPLE_RATE   (1.0 = every row)
+  --entity_lookup             MLWF_SERVE_ENTITY_LOOKUP       (lazy | eager | off)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
 
 
 def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
-    parser = argparse.ArgumentParser(parents=[model_server.parser], description=__doc__)
+    parser = argparse.ArgumentParser(parents=[model_server.parser], description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="bundle directory or s3:// prefix (/mnt/models in a pod)")
-    parser.add_argument("--bind_host", default=None, help="serve REST on this address only (local runs)")
+    parser.add_argument("--bind_host", default=None, help="listen on this address only (local runs: 127.0.0.1)")
+    parser.add_argument("--model_version", default=None, help="version label (default: from the bundle's lineage)")
+    parser.add_argument("--max_request_bytes", type=int, default=None, help="largest request body accepted")
+    parser.add_argument("--request_log_root", default=None, help="request log directory or s3:// prefix, or 'off'")
+    parser.add_argument("--request_log_sample_rate", type=float, default=None, help="share of rows logged, 0..1")
+    parser.add_argument("--request_log_flush_s", type=float, default=2.0, help="flush request logs this often")
+    parser.add_argument("--entity_lookup", choices=["lazy", "eager", "off"], default=None,
+                        help="entity-key requests: open the online store on first use, at load, or never")
+    parser.add_argument("--scoring", choices=["traced", "exported"], default="traced",
+                        help="run the program traced with TorchScript (checked against the export) or as exported")
+    parser.add_argument("--torch_threads", type=int, default=1,
+                        help="intra-op threads for scoring (1 suits small models; scale with replicas)")
+    parser.add_argument("--log_requests", action="store_true", help="also log every successful request (JSON)")
+    parser.add_argument("--log_level", default=None, help="log level (MLWF_LOG_LEVEL, default INFO)")
+    # None means "not given": a pod serves gRPC on KServe's default port, a local run serves no gRPC.
+    parser.set_defaults(grpc_port=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, _ = build_parser().parse_known_args(argv)
-    from kserve import ModelServer
+    args, unknown = build_parser().parse_known_args(argv)
+    from serving.observability import configure_json_logging
 
-    from serving.model import BundleModel
+    configure_json_logging((args.log_level or _env("MLWF_LOG_LEVEL", "INFO")).upper())
+    log = logging.getLogger("mlwf.serving")
+    if unknown:
+        log.warning("ignoring unknown arguments", extra={"arguments": unknown})
 
-    model = BundleModel(args.model_name, args.model_dir)
-    model.load()
-    if args.bind_host is None:
-        ModelServer().start([model])
-        return
-    from kserve.model_server import FASTAPI_APP_IMPORT_STRING
-    from kserve.protocol.rest.server import RESTServer
+    import torch
+    from kserve.constants.constants import DEFAULT_GRPC_PORT
 
-    server = ModelServer(http_port=args.http_port, enable_grpc=False)
-    server.register_model(model)
-    rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, args.http_port)
-    rest.config.host = args.bind_host
-    logging.getLogger(__name__).info("serving %s on http://%s:%d", args.model_name, args.bind_host, args.http_port)
-    rest.run()
+    from components import bundle as bundle_lib
+    from serving.front import DEFAULT_MAX_BODY_BYTES
+    from serving.model import BundleModel, ServingOptions
+    from serving.server import BundleModelServer
+
+    torch.set_num_threads(max(args.torch_threads, 1))
+    # The request-log thread serialises rows in bursts; a 1 ms switch interval (default 5 ms) bounds how long
+    # the event loop can wait for the GIL behind it.
+    sys.setswitchinterval(0.001)
+    options = ServingOptions(
+        request_log_root=_request_log_root(args.request_log_root),
+        request_log_sample_rate=args.request_log_sample_rate if args.request_log_sample_rate is not None
+        else float(_env("MLWF_REQUEST_LOG_SAMPLE_RATE", "1.0")),
+        request_log_flush_s=args.request_log_flush_s,
+        entity_lookup=args.entity_lookup or _env("MLWF_SERVE_ENTITY_LOOKUP", "lazy"),
+        trace=args.scoring == "traced",
+        version=args.model_version,
+    )
+    max_body = args.max_request_bytes or int(_env("MLWF_SERVE_MAX_REQUEST_BYTES", str(DEFAULT_MAX_BODY_BYTES)))
+    model = BundleModel(args.model_name, args.model_dir, options)
+    try:
+        model.load()
+    except (bundle_lib.BundleError, OSError, ValueError) as err:
+        log.error("cannot load the model bundle", extra={"model_dir": args.model_dir, "error": str(err)})
+        sys.exit(1)
+    local = args.bind_host is not None
+    server = BundleModelServer(
+        host=args.bind_host or "0.0.0.0",
+        grpc_host=args.bind_host or "::",
+        max_body_bytes=max_body,
+        log_requests=args.log_requests,
+        grpc_options={"grpc_max_send_message_length": args.grpc_max_send_message_length,
+                      "grpc_max_receive_message_length": min(args.grpc_max_receive_message_length, max_body)},
+        http_port=args.http_port,
+        grpc_port=args.grpc_port or DEFAULT_GRPC_PORT,
+        workers=args.workers,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc and (args.grpc_port is not None or not local),
+        enable_docs_url=False,
+        enable_latency_logging=args.enable_latency_logging,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )
+    try:
+        server.start([model])
+    finally:
+        model.stop()  # drains and flushes the request log
+
+
+def _request_log_root(flag: str | None) -> str | None:
+    value = flag or _env("MLWF_REQUEST_LOG_ROOT", "")
+    if value.lower() == "off":
+        return None
+    if value:
+        return value
+    from components import storage
+    from components.settings import get_settings
+
+    return storage.join(get_settings().state_dir, "request_logs")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,89 @@
 """The KServe runtime for model bundles: a kserve.Model that loads, verifies and serves one bundle.
 
-`__init__` does no I/O; `load()` fetches (local path or s3://), verifies every digest, warms the program
-up and only then sets `ready`. Client mistakes become InvalidInput (HTTP 400) naming the problem.
+`__init__` does no I/O; `load()` fetches (local path or s3://), verifies every digest, prepares the scorer,
+warms it up, and only then sets `ready`. `infer()` is the one scoring path: the lean REST front
+(serving/front.py) and KServe's own stack (gRPC, via `predict()`) both end there, so entity lookups,
+metrics and request logging are the same whichever protocol a request used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import tempfile
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import kserve
-from kserve.errors import InvalidInput, ModelNotReady
+import numpy as np
+from kserve.errors import InferenceError, InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components import bundle as bundle_lib
 from components import storage
-from serving.requests import RequestError, columns_from_instances, columns_from_v2, v2_input_types
+from serving.observability import RequestMetrics, metrics
+from serving.online import FeatureStoreUnavailable, OnlineFeatures
+from serving.request_sink import RequestLogSink
+from serving.requests import (
+    Batch,
+    RequestError,
+    Schema,
+    columns_from_v2_inputs,
+    fill_lookups,
+    parse_v1,
+    v2_input_types,
+    v2_output_types,
+)
+from serving.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+# Batches up to this many rows are scored on the event loop (a few tens of microseconds: a thread hop would
+# cost more); larger ones go to the executor so health checks and small requests are not held up.
+INLINE_ROWS = 256
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How the server behaves beyond KServe's flags (see serving/__main__.py for the command line)."""
+
+    request_log_root: str | None = None  # None: no request logging
+    request_log_sample_rate: float = 1.0
+    request_log_flush_s: float = 2.0
+    entity_lookup: str = "lazy"  # lazy | eager | off
+    trace: bool = True
+    version: str | None = None  # overrides the version read from the bundle's lineage
+
+
+@dataclass(frozen=True)
+class Scored:
+    probabilities: np.ndarray
+    labels: np.ndarray
+    request_id: str
 
 
 class BundleModel(kserve.Model):
-    def __init__(self, name: str, model_dir: str) -> None:
+    def __init__(self, name: str, model_dir: str, options: ServingOptions | None = None) -> None:
         super().__init__(name)
         self.model_dir = model_dir
+        self.options = options or ServingOptions()
         self.bundle: bundle_lib.Bundle | None = None
+        self.scorer: Scorer | None = None
+        self.schema = Schema((), ())
+        self.online: OnlineFeatures | None = None
+        self.sink: RequestLogSink | None = None
+        self.stats: RequestMetrics | None = None
+        self._version = ""
+        self._threshold = 0.5
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        # Request ids: unique per process prefix + counter (uuid4 per request costs a syscall).
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ loading
 
     def load(self) -> bool:
         local = self.model_dir
@@ -33,58 +91,161 @@ class BundleModel(kserve.Model):
             self._tmp = tempfile.TemporaryDirectory(prefix="bundle-")
             storage.download_dir(local, self._tmp.name)
             local = self._tmp.name
-        self.bundle = bundle_lib.load(local)
+        bundle = bundle_lib.load(local)  # verifies every digest first
+        self.bundle = bundle
+        self._version = self.options.version or _version_of(bundle)
+        self._threshold = bundle.threshold
+        self.scorer = Scorer(bundle, trace=self.options.trace)
+        self.scorer.prepare()
+        self._setup_online(bundle)
+        self.schema = Schema(tuple(bundle.numeric), tuple(bundle.categorical),
+                             self.online.entity if self.online is not None else None)
+        self.stats = RequestMetrics(self.name, self._version)
         self._warm_up()
+        if self.options.request_log_root:
+            self.sink = RequestLogSink(self.options.request_log_root, self.name, bundle.feature_names, bundle.numeric,
+                                       self.options.request_log_sample_rate, self.options.request_log_flush_s)
+            self.sink.start()
         self.ready = True
+        log.info("model ready", extra={"model": self.name, "version": self._version, "scoring": self.scorer.mode,
+                                       "entity_key": self.schema.entity, "request_log": self.options.request_log_root})
         return self.ready
 
+    def _setup_online(self, bundle: bundle_lib.Bundle) -> None:
+        lineage = bundle.signature.get("lineage", {})
+        if self.options.entity_lookup == "off" or not lineage.get("feature_service") or not lineage.get("dataset"):
+            return
+        online = OnlineFeatures(str(lineage["dataset"]), str(lineage["feature_service"]), bundle.feature_names)
+        try:
+            online.entity_column()
+        except Exception as err:  # the dataset spec is not available here: serve feature values only
+            log.warning("entity-key requests disabled: cannot read dataset spec %r: %s", lineage["dataset"], err)
+            return
+        if self.options.entity_lookup == "eager":
+            online.open()
+        self.online = online
+
     def _warm_up(self) -> None:
-        assert self.bundle is not None
-        row: dict[str, list[Any]] = {n: [0.0] for n in self.bundle.numeric}
-        row |= {c: [None] for c in self.bundle.categorical}
-        for _ in range(3):
-            self.bundle.predict_proba(row)
+        assert self.scorer is not None
+        for n in (1, 2, INLINE_ROWS + 1):
+            columns = {k: np.zeros(n) for k in self.schema.numeric} | {c: [None] * n for c in self.schema.categorical}
+            self.scorer.score(columns, n)
+
+    def stop(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+        super().stop()
 
     @property
     def version(self) -> str:
-        if self.bundle is None:
-            return ""
-        lineage = self.bundle.signature.get("lineage", {})
-        return str(lineage.get("model_version") or lineage.get("inputs_fingerprint", "")[:12])
+        return self._version
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        if self.bundle is None:
-            return []
-        return v2_input_types(self.bundle.numeric, self.bundle.categorical)
+        return v2_input_types(self.schema.numeric, self.schema.categorical)
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": "probability", "datatype": "FP64", "shape": [-1]}, {"name": "label", "datatype": "INT64", "shape": [-1]}]
+        return v2_output_types()
 
-    async def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None) -> Any:
-        if self.bundle is None or not self.ready:
+    def metadata(self) -> dict[str, Any]:
+        """V2 model metadata from the bundle's signature (plus how to send an entity key instead)."""
+        assert self.bundle is not None
+        lineage = self.bundle.signature.get("lineage", {})
+        parameters = {"threshold": self.bundle.threshold, "format": self.bundle.signature.get("format", "")}
+        if self.schema.entity:
+            parameters |= {"entity_key": self.schema.entity, "feature_service": lineage.get("feature_service")}
+        return {"name": self.name, "versions": [self._version], "platform": "mlwf-bundle (torch.export)",
+                "inputs": self.get_input_types(), "outputs": self.get_output_types(), "parameters": parameters}
+
+    # ------------------------------------------------------------ scoring
+
+    async def infer(self, batch: Batch, request_id: str | None) -> Scored:
+        """Look up entity features if asked, score, and queue the request-log record."""
+        scorer = self.scorer
+        if scorer is None or not self.ready:
             raise ModelNotReady(self.name)
-        bundle = self.bundle
+        loop = asyncio.get_running_loop()
+        if batch.lookup_rows:
+            if self.online is None:
+                raise RequestError("this model server has no online store configured: send feature values")
+            assert batch.entities is not None
+            keys = [str(batch.entities[i]) for i in batch.lookup_rows]
+            try:
+                found = await loop.run_in_executor(None, self.online.lookup, keys)
+            except RequestError:
+                metrics().lookups.labels(self.name, "unknown").inc(len(keys))
+                raise
+            metrics().lookups.labels(self.name, "found").inc(len(keys))
+            fill_lookups(batch, found, self.schema)
+        if batch.rows <= INLINE_ROWS:
+            probs = scorer.score(batch.columns, batch.rows)
+        else:
+            probs = await loop.run_in_executor(None, scorer.score, batch.columns, batch.rows)
+        labels = (probs >= self._threshold).astype(np.int64)
+        rid = request_id or batch.request_id or f"{self._id_prefix}-{next(self._ids)}"
+        if self.sink is not None:
+            self.sink.submit(batch, probs, labels, self._version, rid)
+        return Scored(probs, labels, rid)
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Any:
+        """KServe's path (gRPC, or REST if the front is bypassed): same parsing and scoring as the front."""
+        started = time.perf_counter()
+        protocol = "grpc" if isinstance(payload, InferRequest) and payload.from_grpc else (
+            "v2" if isinstance(payload, InferRequest) else "v1")
+        request_id = (headers or {}).get("x-request-id")
         try:
             if isinstance(payload, InferRequest):
-                columns = columns_from_v2(payload.inputs, bundle.numeric, bundle.categorical)
-            elif isinstance(payload, dict) and "instances" in payload:
-                columns = columns_from_instances(payload["instances"], bundle.numeric, bundle.categorical)
+                batch = columns_from_v2_inputs([_tensor(t) for t in payload.inputs], self.schema)
+                batch.request_id = payload.id or None
             else:
-                raise RequestError("expected a V1 body {\"instances\": [...]} or a V2 inference request")
+                batch = parse_v1(payload, self.schema)
+            scored = await self.infer(batch, request_id)
         except RequestError as err:
+            self._count_failure(protocol, started, err.status)
             raise InvalidInput(str(err)) from err
-        # Scoring is CPU work: keep it off the event loop so health checks stay responsive.
-        probs = await asyncio.get_running_loop().run_in_executor(None, bundle.predict_proba, columns)
-        labels = (probs >= bundle.threshold).astype(int)
+        except FeatureStoreUnavailable as err:
+            self._count_failure(protocol, started, 503)
+            raise InferenceError(str(err)) from err
+        if self.stats is not None:
+            self.stats.success(protocol, time.perf_counter() - started, batch.rows)
         if isinstance(payload, InferRequest):
-            return InferResponse(
-                response_id=payload.id or str(uuid.uuid4()),
-                model_name=self.name,
-                model_version=self.version or None,
-                infer_outputs=[
-                    InferOutput(name="probability", shape=[len(probs)], datatype="FP64", data=probs.tolist()),
-                    InferOutput(name="label", shape=[len(labels)], datatype="INT64", data=labels.tolist()),
-                ],
-            )
-        return {"predictions": [{"probability": float(p), "label": int(lab)} for p, lab in zip(probs, labels)],
-                "model_version": self.version}
+            outputs = {
+                "probability": InferOutput(name="probability", shape=[batch.rows], datatype="FP64",
+                                           data=scored.probabilities.tolist()),
+                "label": InferOutput(name="label", shape=[batch.rows], datatype="INT64", data=scored.labels.tolist()),
+            }
+            wanted = [o.name for o in payload.request_outputs or []] or list(outputs)
+            unknown = sorted(set(wanted) - set(outputs))
+            if unknown:
+                raise InvalidInput(f"unknown output(s) {unknown}; the model returns {sorted(outputs)}")
+            # Binary (raw) inputs over gRPC get binary outputs, as the protocol asks.
+            return InferResponse(response_id=payload.id or scored.request_id, model_name=self.name,
+                                 model_version=self._version or None, infer_outputs=[outputs[w] for w in wanted],
+                                 use_binary_outputs=payload.use_binary_outputs)
+        return v1_response(scored, self._version)
+
+    def _count_failure(self, protocol: str, started: float, code: int) -> None:
+        if self.stats is not None:
+            self.stats.failure(protocol, time.perf_counter() - started, code)
+
+
+def v1_response(scored: Scored, version: str) -> dict[str, Any]:
+    predictions = [{"probability": p, "label": lab} for p, lab in zip(scored.probabilities.tolist(), scored.labels.tolist())]
+    return {"predictions": predictions, "model_version": version}
+
+
+def _tensor(infer_input: Any) -> dict[str, Any]:
+    """A KServe InferInput as the plain tensor the parser takes; raw (binary) gRPC contents are decoded."""
+    data = infer_input.data
+    if getattr(infer_input, "_raw_data", None) is not None and not data:
+        try:
+            data = infer_input.as_numpy().reshape(-1).tolist()
+        except Exception as err:
+            raise RequestError(f"input {infer_input.name!r}: cannot decode raw contents: {err}") from err
+    return {"name": infer_input.name, "shape": list(infer_input.shape), "datatype": infer_input.datatype, "data": data}
+
+
+def _version_of(bundle: bundle_lib.Bundle) -> str:
+    lineage = bundle.signature.get("lineage", {})
+    version = lineage.get("model_version") or str(lineage.get("inputs_fingerprint", ""))[:12]
+    return str(version or bundle_lib.bundle_digest(bundle.directory)[:12])

@@ -323,3 +323,66 @@ class KubeStub:
             else:
                 status.pop("canaryStatuses", None)
         status["conditions"] = conditions
+
+
+class PrometheusStub:
+    """Prometheus's instant-query API (GET /api/v1/query) on 127.0.0.1, answering only the exact queries it is given.
+
+    `answers` maps the full PromQL text to a number (a one-sample vector) or None (an empty vector). Any other
+    query, a missing `time` parameter or another path is answered 400 and kept in `rejections`, so a query the
+    code builds differently from what a test spells out fails the test. Every query is kept in `queries`.
+    """
+
+    def __init__(self, answers: dict[str, float | None] | None = None) -> None:
+        self.answers: dict[str, float | None] = dict(answers or {})
+        self.queries: list[str] = []
+        self.rejections: list[str] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the stub first"
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> Self:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = stub._answer(self.path)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _answer(self, raw_path: str) -> tuple[int, dict[str, Any]]:
+        from urllib.parse import parse_qs
+
+        parts = urlsplit(raw_path)
+        params = parse_qs(parts.query)
+        query = (params.get("query") or [""])[0]
+        self.queries.append(query)
+        if parts.path != "/api/v1/query" or "time" not in params:
+            self.rejections.append(f"{raw_path}: not an instant query with a time")
+            return 400, {"status": "error", "errorType": "bad_data", "error": "expected /api/v1/query with query and time"}
+        if query not in self.answers:
+            self.rejections.append(f"unexpected query: {query}")
+            return 400, {"status": "error", "errorType": "bad_data", "error": f"the stub does not know {query!r}"}
+        value = self.answers[query]
+        at = float(params["time"][0])
+        result = [] if value is None else [{"metric": {}, "value": [at, repr(float(value))]}]
+        return 200, {"status": "success", "data": {"resultType": "vector", "result": result}}

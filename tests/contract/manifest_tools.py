@@ -9,6 +9,8 @@ Pod templates against the Pod Security Standards "restricted" profile. No cluste
 from __future__ import annotations
 
 import functools
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -280,10 +282,45 @@ def rbac_grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     return grants
 
 
-def checkov_command() -> list[str] | None:
-    """How to run checkov here, or None when it is not installed (it is optional)."""
-    beside = Path(sys.executable).parent / "checkov"
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("checkov")
-    return [found] if found else None
+# --- scanners in .venv-tools ---------------------------------------------------------------------------
+
+TOOLS_ENV = "MLWF_TOOLS_BIN"  # the Makefile exports it; else .venv-tools/bin at the repository root
+POLICIES = MANIFESTS / "policies"
+
+
+def tools_bin() -> Path:
+    return Path(os.environ.get(TOOLS_ENV) or REPO / ".venv-tools" / "bin")
+
+
+def tool(name: str) -> Path:
+    """A scanner from the tools virtualenv (checkov, bandit). They are required: absent, this raises with the
+    command that installs them (they are not looked up on PATH, so the pinned versions are the ones that run)."""
+    path = tools_bin() / name
+    if not path.is_file():
+        raise ManifestError(
+            f"{name} not found at {path}: `make test` (or `make tools`) installs checkov and bandit into "
+            f".venv-tools from tools-constraints.txt; or point {TOOLS_ENV} at a bin/ directory that has them"
+        )
+    return path
+
+
+def checkov(*args: str, cwd: Path = REPO) -> tuple[int, list[dict[str, Any]], str]:
+    """Run checkov with the project's policies loaded and JSON output: (exit code, one report per framework,
+    stdout+stderr for messages). Exit code 1 means failed checks; anything else but 0 is an error."""
+    cmd = [str(tool("checkov")), *args, "--external-checks-dir", str(POLICIES), "--skip-download",
+           "--output", "json"]  # no --quiet: it drops the passed checks, which show that a check ran
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    if proc.returncode not in (0, 1):
+        raise ManifestError(f"checkov failed (exit {proc.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
+    try:
+        parsed = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise ManifestError(f"checkov printed no JSON report: {' '.join(cmd)}\n{text[-3000:]}") from exc
+    reports = parsed if isinstance(parsed, list) else [parsed]
+    return proc.returncode, reports, text
+
+
+def checkov_results(reports: list[dict[str, Any]], outcome: str) -> list[dict[str, Any]]:
+    """The records of every report for outcome "passed", "failed" or "skipped"."""
+    return [r for report in reports for r in (report.get("results") or {}).get(f"{outcome}_checks", [])]

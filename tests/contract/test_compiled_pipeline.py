@@ -85,3 +85,40 @@ def test_committed_package_is_up_to_date(tmp_path):
     compile_package(str(fresh), "ghcr.io/mlwf/components:0.1.0")
     assert committed.exists(), "run `make compile` and commit pipelines/compiled/training.yaml"
     assert committed.read_text() == fresh.read_text(), "pipelines/compiled/training.yaml is stale: run `make compile`"
+
+
+def test_gpu_placement_is_resolved_per_run(compiled):
+    """Tolerations and node selector are run parameters (empty by default), so gpu_count=0 fits a CPU-only node."""
+    _, spec, platform = compiled
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-op"]
+    assert train["tolerations"] == [{"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}]
+    assert train["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "gpu_node_selector"}}
+    params = spec.root.input_definitions.parameters
+    assert list(params["gpu_tolerations"].default_value.list_value.values) == []
+    assert dict(params["gpu_node_selector"].default_value.struct_value.fields) == {}
+    others = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all("nodeSelector" not in config for name, config in others.items() if name != "exec-train-op")
+
+
+def test_gpu_placement_arguments_follow_the_settings(monkeypatch):
+    from components.settings import get_settings
+    from pipelines.training import gpu_placement_arguments
+
+    monkeypatch.setenv("MLWF_GPU_TOLERATIONS", '{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}')
+    monkeypatch.setenv("MLWF_GPU_NODE_SELECTOR", '{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}')
+    settings = get_settings()
+    with_gpu, without = gpu_placement_arguments(2, settings), gpu_placement_arguments(0, settings)
+    assert with_gpu["gpu_node_selector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert without["gpu_node_selector"] == {} and without["gpu_count"] == 0  # a CPU run is never pinned to GPU nodes
+    assert with_gpu["gpu_tolerations"] == without["gpu_tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    monkeypatch.setenv("MLWF_GPU_NODE_SELECTOR", '["not", "an", "object"]')
+    with pytest.raises(ValueError, match="MLWF_GPU_NODE_SELECTOR must be a JSON object"):
+        get_settings()
+
+
+def test_train_nodes_and_gpus_per_node_reach_the_train_step(compiled):
+    _, spec, _ = compiled
+    inputs = spec.root.dag.tasks["train-op"].inputs.parameters
+    assert inputs["nodes"].component_input_parameter == "train_nodes"
+    assert inputs["gpus_per_node"].component_input_parameter == "gpus_per_node"
+    assert spec.root.input_definitions.parameters["train_nodes"].default_value.number_value == 1

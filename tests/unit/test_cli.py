@@ -63,3 +63,46 @@ def test_submit_arguments_parse_as_json_when_they_can():
         "epochs": 5, "source_uri": "s3://b/k.csv", "min_roc_auc": 0.8}
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_arguments(["oops"])
+
+
+def test_digest_pinning_keeps_a_registry_port():
+    from pipelines.cli import pin_digest
+
+    digest = "sha256:" + "b" * 64
+    assert pin_digest("localhost:5000/mlwf/components:1.2", digest) == f"localhost:5000/mlwf/components@{digest}"
+    assert pin_digest("ghcr.io/mlwf/components", digest) == f"ghcr.io/mlwf/components@{digest}"
+    assert pin_digest("ghcr.io/mlwf/components@sha256:old", digest) == f"ghcr.io/mlwf/components@{digest}"
+
+
+def test_submit_fills_gpu_placement_from_settings(monkeypatch):
+    from pathlib import Path
+
+    from pipelines.cli import with_gpu_placement
+
+    package = str(Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "training.yaml")
+    monkeypatch.setenv("MLWF_GPU_TOLERATIONS", '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]')
+    monkeypatch.setenv("MLWF_GPU_NODE_SELECTOR", '{"nvidia.com/gpu.present": "true"}')
+    gpu = with_gpu_placement(package, {})
+    assert gpu["gpu_tolerations"][0]["key"] == "nvidia.com/gpu" and gpu["gpu_node_selector"] == {"nvidia.com/gpu.present": "true"}
+    cpu = with_gpu_placement(package, {"gpu_count": 0})
+    assert cpu["gpu_node_selector"] == {} and cpu["gpu_count"] == 0
+    assert with_gpu_placement(package, {"gpu_node_selector": {"a": "b"}})["gpu_node_selector"] == {"a": "b"}
+
+
+def test_suite_command_and_first_use_of_a_local_spec(tmp_path, state_dir, capsys):
+    from pipelines.cli import _check_inputs
+
+    spec = tmp_path / "churn.yaml"
+    spec.write_text("name: churn\nlabel: {column: y, positive: 1}\nfeatures: {numeric: {x: {min: 0}}}\n")
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n1,0\n2,1\n")
+    _check_inputs(str(spec), str(data))  # first use: the suite is written beside the spec, and the user told
+    assert (tmp_path / "churn.suite.json").exists() and "wrote the validation suite" in capsys.readouterr().out
+    assert main(["suite", "--dataset", str(spec), "--check"]) == 0
+    spec.write_text(spec.read_text().replace("min: 0", "min: 1"))
+    assert main(["suite", "--dataset", str(spec), "--check"]) == 2
+    assert "stale" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stale"):
+        _check_inputs(str(spec), str(data))
+    assert main(["suite", "--dataset", str(spec)]) == 0 and "wrote" in capsys.readouterr().out
+    _check_inputs(str(spec), str(data))

@@ -79,3 +79,43 @@ def test_refuses_data_it_cannot_learn_from():
         train_model(df.assign(label=0), NUMERIC, CATEGORICAL, TrainParams(epochs=1))
     with pytest.raises(ValueError, match="too few"):
         train_model(df.head(5), NUMERIC, CATEGORICAL, TrainParams(epochs=1))
+
+
+def _training_set(tmp_path, rows: int = 1500):
+    from benchmarks.bench_training import training_frame
+
+    frame, _, _ = training_frame(rows, seed=11)
+    path = tmp_path / "train.parquet"
+    frame.to_parquet(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_training_run_logs_lineage_environment_and_history(tmp_path, state_dir, transactions_spec, monkeypatch, processes):
+    """One process trains in the step; two go through torchrun (DDP, gloo), as a pod with two GPUs would."""
+    import mlflow
+
+    from components import training_run
+    from components.settings import get_settings
+    from components.tracking import configure
+
+    monkeypatch.setattr(training_run, "_local_processes", lambda: processes)
+    train_path = _training_set(tmp_path)
+    params = TrainParams(epochs=3, batch_size=128, seed=4, patience=5)
+    out = training_run.run_training_step(transactions_spec, train_path, str(tmp_path / "m"), params, "transactions_v3", "fp-123")
+    assert out["reused"] is False and out["world_size"] == processes
+    client = configure(get_settings())
+    run = client.get_run(out["run_id"])
+    p, tags = run.data.params, run.data.tags
+    assert p["feature_service"] == "transactions_v3" and tags["mlwf.feature_service_version"] == "3"
+    assert p["dataset_fingerprint"] == "fp-123" and p["code_version"] == tags["mlflow.source.git.commit"]
+    assert {"env.python", "env.torch", "env.cuda", "env.device_name", "env.gpu_count"} <= set(p)
+    assert p["processes_per_node"] == str(processes) and tags["mlwf.world_size"] == str(processes)
+    assert len(client.get_metric_history(out["run_id"], "val_roc_auc")) == out["epochs"]  # one point per epoch
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "transactions_v3"
+    signature = json.loads((tmp_path / "m" / "signature.json").read_text())
+    assert signature["lineage"]["run_id"] == out["run_id"] and signature["lineage"]["feature_service_version"] == "3"
+    version = client.get_model_version(out["model_name"], out["version"])
+    assert version.run_id == out["run_id"] and mlflow.get_run(out["run_id"]).info.status == "FINISHED"
+    again = training_run.run_training_step(transactions_spec, train_path, str(tmp_path / "m2"), params, "transactions_v3", "fp-123")
+    assert again["reused"] is True and again["version"] == out["version"]

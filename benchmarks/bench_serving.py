@@ -1,0 +1,353 @@
+"""Model server speed on loopback: this project's runtime beside stock KServe and a bare Starlette endpoint.
+
+One bundle (trained here on generated data), three servers, each its own process on 127.0.0.1:
+  (a) this project's server (`python -m serving`, defaults: traced program, request logging on, metrics);
+  (b) the anchor: KServe's stock ModelServer (REST only, 1 worker) with a minimal kserve.Model calling the
+      bundle's `predict_proba` (only its bind address is moved to loopback);
+  (c) a bare Starlette + orjson endpoint doing the same work as (b), on uvicorn: the framework floor.
+A small asyncio load generator (raw HTTP/1.1 keep-alive sockets, 8 connections) sends the same single-row V2
+JSON request for a fixed time; rounds alternate between the servers and figures are medians over rounds.
+Then 1,000-row V2 batches are sent one at a time. Run: `python -m benchmarks.run --quick --only serving`.
+
+`python -m benchmarks.bench_serving stock|bare MODEL_DIR PORT` runs anchor (b) or (c) by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness import Figure
+
+MODEL = "bench"
+CONNECTIONS = 8
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- the bundle and the requests
+
+
+def build_bundle(directory: str, rows: int = 3000) -> list[dict[str, Any]]:
+    """Train a small real bundle on generated transactions; returns a few rows of raw feature values."""
+    import pandas as pd
+
+    from components.datagen import GenConfig, generate
+    from components.spec import load_spec
+    from components.train import TrainParams, build_bundle as seal, train_model
+
+    spec = load_spec("transactions")
+    df = generate(GenConfig(rows=rows, seed=11))
+    numeric = [f.name for f in spec.numeric]
+    categorical = [c.name for c in spec.categorical]
+    frame = pd.DataFrame({
+        "transaction_id": df["transaction_id"], "event_timestamp": pd.to_datetime(df["event_time"], utc=True),
+        **{n: df[n].astype(float) for n in numeric}, **{c: df[c].astype(str) for c in categorical},
+        "label": df["is_fraud"].astype("int8"),
+    })
+    program, vocab, result = train_model(frame, numeric, categorical, TrainParams(epochs=3, seed=1))
+    lineage = {"dataset": spec.name, "feature_service": f"{spec.name}_v1", "model_name": MODEL,
+               "inputs_fingerprint": "benchmark0000"}
+    seal(directory, program, vocab, result, frame, numeric, categorical, lineage, "benchmark bundle\n")
+    return frame[numeric + categorical].head(1000).to_dict("records")
+
+
+def v2_body(rows: list[dict[str, Any]], numeric: list[str], categorical: list[str]) -> bytes:
+    import orjson
+
+    inputs = [{"name": n, "shape": [len(rows)], "datatype": "FP64", "data": [float(r[n]) for r in rows]} for n in numeric]
+    inputs += [{"name": c, "shape": [len(rows)], "datatype": "BYTES", "data": [r[c] for r in rows]} for c in categorical]
+    return orjson.dumps({"inputs": inputs})
+
+
+def http_request(path: str, body: bytes) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, log_path: Path, env: dict[str, str]) -> None:
+        self.name, self.port, self.ready_path = name, port, ready_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} server exited with code {self.process.returncode}; see {self._log.name}")
+            try:
+                if requests.get(f"http://{HOST}:{self.port}{self.ready_path}", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} server not ready after {timeout:.0f}s; see {self._log.name}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+# ---------------------------------------------------------------- load generator
+
+
+async def _one_connection(port: int, request: bytes, start: float, deadline: float, latencies: list[float],
+                          statuses: dict[int, int]) -> int:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    done = 0
+    try:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= deadline:
+                return done
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lower = head.lower()
+            at = lower.index(b"content-length:") + 15
+            await reader.readexactly(int(lower[at:lower.index(b"\r\n", at)]))
+            t1 = time.perf_counter()
+            status = int(head[9:12])
+            statuses[status] = statuses.get(status, 0) + 1
+            if t0 >= start:  # requests sent during the warm-up are not measured
+                latencies.append(t1 - t0)
+                done += 1
+    finally:
+        writer.close()
+
+
+async def _load(port: int, request: bytes, seconds: float, connections: int, warmup: float) -> dict[str, float]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    now = time.perf_counter()
+    start, deadline = now + warmup, now + warmup + seconds
+    done = await asyncio.gather(*[_one_connection(port, request, start, deadline, latencies, statuses)
+                                  for _ in range(connections)])
+    elapsed = time.perf_counter() - start
+    bad = {s: c for s, c in statuses.items() if s != 200}
+    if bad:
+        raise RuntimeError(f"server on port {port} answered non-200 statuses {bad}")
+    arr = np.asarray(latencies) * 1000
+    return {"rps": sum(done) / elapsed, "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+
+
+def load(port: int, request: bytes, seconds: float, connections: int = CONNECTIONS, warmup: float = 0.5) -> dict[str, float]:
+    try:
+        import uvloop
+
+        return uvloop.run(_load(port, request, seconds, connections, warmup))
+    except ImportError:
+        return asyncio.run(_load(port, request, seconds, connections, warmup))
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def run(quick: bool) -> list[Figure]:
+    import orjson
+
+    from components.spec import load_spec
+
+    spec = load_spec("transactions")
+    numeric = [f.name for f in spec.numeric]
+    categorical = [c.name for c in spec.categorical]
+    seconds, rounds, batches = (2.0, 2, 10) if quick else (5.0, 3, 40)
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        bundle_dir = str(Path(tmp, "bundle"))
+        rows = build_bundle(bundle_dir)
+        single = v2_body(rows[:1], numeric, categorical)
+        batch = v2_body(rows[:1000], numeric, categorical)
+        batch_v1 = orjson.dumps({"instances": rows[:1000]})
+        env = {**os.environ, "MLWF_STATE_DIR": str(Path(tmp, "state")), "PYTHONUNBUFFERED": "1"}
+        py = sys.executable
+        ports = {k: free_port() for k in ("project", "stock", "bare")}
+        servers = {
+            "project": Server("project", [py, "-m", "serving", "--model_name", MODEL, "--model_dir", bundle_dir,
+                                          "--http_port", str(ports["project"]), "--bind_host", HOST],
+                              ports["project"], f"/v2/models/{MODEL}/ready", Path(tmp, "project.log"), env),
+            "stock": Server("stock", [py, "-m", "benchmarks.bench_serving", "stock", bundle_dir, str(ports["stock"])],
+                            ports["stock"], f"/v2/models/{MODEL}/ready", Path(tmp, "stock.log"), env),
+            "bare": Server("bare", [py, "-m", "benchmarks.bench_serving", "bare", bundle_dir, str(ports["bare"])],
+                           ports["bare"], "/ready", Path(tmp, "bare.log"), env),
+        }
+        try:
+            for server in servers.values():
+                server.wait_ready()
+            path = f"/v2/models/{MODEL}/infer"
+            single_req, batch_req = http_request(path, single), http_request(path, batch)
+            results: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
+            for _ in range(rounds):  # alternate, so drift in machine load hits every server alike
+                for name, server in servers.items():
+                    results[name].append(load(server.port, single_req, seconds))
+            batch_ms = {name: load_sequential(server.port, batch_req, batches) for name, server in servers.items()
+                        if name != "bare"}
+            v1_req = http_request(f"/v1/models/{MODEL}:predict", batch_v1)
+            batch_v1_ms = {name: load_sequential(server.port, v1_req, batches) for name, server in servers.items()
+                           if name != "bare"}
+        finally:
+            for server in servers.values():
+                server.stop()
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
+    a, b, c = med["project"], med["stock"], med["bare"]
+    note = (f"{CONNECTIONS} connections, {seconds:.0f}s x {rounds} rounds, medians; V2 JSON, one row, loopback; "
+            "project server with its defaults (request log of every row, metrics)")
+    return [
+        Figure("serving", "single-row V2 throughput (req/s)", a["rps"], b["rps"], "stock KServe ModelServer", True,
+               ">= 2.5x stock KServe", a["rps"] >= 2.5 * b["rps"], note),
+        Figure("serving", "single-row V2 p99 latency (ms)", a["p99_ms"], b["p99_ms"], "stock KServe ModelServer", False,
+               "<= 2 ms", a["p99_ms"] <= 2.0, note),
+        Figure("serving", "single-row V2 p50 latency (ms)", a["p50_ms"], b["p50_ms"], "stock KServe ModelServer", False,
+               "lower than stock", a["p50_ms"] < b["p50_ms"], note),
+        Figure("serving", "single-row V2 throughput vs bare Starlette (req/s)", a["rps"], c["rps"],
+               "bare Starlette + orjson, same bundle call", True, "informational: the framework floor", None,
+               f"bare p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms; " + note),
+        Figure("serving", "1,000-row V2 batch latency (ms)", batch_ms["project"], batch_ms["stock"],
+               "stock KServe ModelServer", False, "<= 10 ms", batch_ms["project"] <= 10.0,
+               f"median of {batches} sequential requests on one connection; every row request-logged"),
+        Figure("serving", "1,000-row V1 batch latency (ms)", batch_v1_ms["project"], batch_v1_ms["stock"],
+               "stock KServe ModelServer", False, "<= 10 ms", batch_v1_ms["project"] <= 10.0,
+               f"median of {batches} sequential requests on one connection; every row request-logged"),
+    ]
+
+
+def load_sequential(port: int, request: bytes, count: int) -> float:
+    """Median latency (ms) of `count` requests sent one after another on one connection."""
+
+    async def go() -> float:
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            for i in range(count + 2):
+                t0 = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                lower = head.lower()
+                at = lower.index(b"content-length:") + 15
+                await reader.readexactly(int(lower[at:lower.index(b"\r\n", at)]))
+                statuses[int(head[9:12])] = statuses.get(int(head[9:12]), 0) + 1
+                if i >= 2:  # two warm-up requests
+                    latencies.append((time.perf_counter() - t0) * 1000)
+        finally:
+            writer.close()
+        if set(statuses) != {200}:
+            raise RuntimeError(f"server on port {port} answered {statuses} to 1,000-row batches")
+        return statistics.median(latencies)
+
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------- anchors (run as their own processes)
+
+
+def _bundle_columns(bundle: Any, inputs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    columns = {t["name"]: t["data"] for t in inputs}
+    missing = [n for n in bundle.feature_names if n not in columns]
+    if missing:
+        raise ValueError(f"missing inputs {missing}")
+    return columns
+
+
+def serve_stock(model_dir: str, port: int) -> None:
+    """KServe's ModelServer as shipped, REST only; its RESTServer is moved to 127.0.0.1, nothing else changes."""
+    import kserve
+    import kserve.model_server as ms
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+    from kserve.protocol.rest.server import RESTServer
+
+    from components import bundle as bundle_lib
+
+    class LoopbackRESTServer(RESTServer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.config.host = HOST
+
+    class StockBundleModel(kserve.Model):
+        def load(self) -> bool:
+            self.bundle = bundle_lib.load(model_dir)
+            self.ready = True
+            return True
+
+        async def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
+            if isinstance(payload, dict):  # V1: {"instances": [{feature: value}]}
+                rows = payload["instances"]
+                probs = self.bundle.predict_proba({n: [r[n] for r in rows] for n in self.bundle.feature_names})
+                return {"predictions": [{"probability": float(p), "label": int(p >= self.bundle.threshold)} for p in probs]}
+            columns = {t.name: t.data for t in payload.inputs}
+            probs = self.bundle.predict_proba(columns)
+            labels = (probs >= self.bundle.threshold).astype(int)
+            return InferResponse(response_id=payload.id or "0", model_name=self.name, infer_outputs=[
+                InferOutput(name="probability", shape=[len(probs)], datatype="FP64", data=probs.tolist()),
+                InferOutput(name="label", shape=[len(labels)], datatype="INT64", data=labels.tolist())])
+
+    import torch
+
+    torch.set_num_threads(1)  # the same as the project's server, so the model call costs the same
+    ms.RESTServer = LoopbackRESTServer  # type: ignore[misc]
+    model = StockBundleModel(MODEL)
+    model.load()
+    ms.ModelServer(http_port=port, enable_grpc=False).start([model])
+
+
+def serve_bare(model_dir: str, port: int) -> None:
+    """Starlette + orjson on uvicorn, one route doing the anchor's work: the least a Python server can do."""
+    import orjson
+    import torch
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from components import bundle as bundle_lib
+
+    torch.set_num_threads(1)
+    bundle = bundle_lib.load(model_dir)
+
+    async def infer(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        probs = bundle.predict_proba(_bundle_columns(bundle, body["inputs"]))
+        labels = (probs >= bundle.threshold).astype(np.int64)
+        out = {"id": body.get("id", "0"), "model_name": MODEL, "outputs": [
+            {"name": "probability", "datatype": "FP64", "shape": [len(probs)], "data": probs},
+            {"name": "label", "datatype": "INT64", "shape": [len(labels)], "data": labels}]}
+        return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    async def ready(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(routes=[Route(f"/v2/models/{MODEL}/infer", infer, methods=["POST"]), Route("/ready", ready)])
+    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    kind, directory, port_arg = sys.argv[1:4]
+    {"stock": serve_stock, "bare": serve_bare}[kind](directory, int(port_arg))

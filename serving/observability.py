@@ -1,0 +1,116 @@
+"""Prometheus metrics and structured (JSON) logs of the model server.
+
+Metrics live in prometheus_client's default registry, so KServe's own `/metrics` route exposes them beside
+its latency histograms. They are created on first use (nothing happens at import time) and once per
+process, because a registry refuses a metric name twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+_LOCK = threading.Lock()
+_METRICS: "Metrics | None" = None
+
+# Latency buckets from 0.25 ms: the server answers a single row in well under a millisecond.
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Any  # Counter: model, version, protocol, status_class
+    errors: Any  # Counter: model, version, protocol, code
+    latency: Any  # Histogram: model, version, protocol
+    rows: Any  # Counter: model, version (rows scored)
+    lookups: Any  # Counter: model, result (found, unknown)
+    request_log_dropped: Any  # Counter: model
+    request_log_errors: Any  # Counter: model
+
+
+def metrics() -> Metrics:
+    global _METRICS
+    with _LOCK:
+        if _METRICS is None:
+            from prometheus_client import Counter, Histogram
+
+            labels = ["model", "version", "protocol"]
+            _METRICS = Metrics(
+                requests=Counter("mlwf_inference_requests", "Inference requests answered", [*labels, "status_class"]),
+                errors=Counter("mlwf_inference_errors", "Inference requests answered with an error", [*labels, "code"]),
+                latency=Histogram("mlwf_inference_latency_seconds", "Time from request to response", labels,
+                                  buckets=LATENCY_BUCKETS),
+                rows=Counter("mlwf_inference_rows", "Rows scored", ["model", "version"]),
+                lookups=Counter("mlwf_online_lookups", "Entity keys looked up in the online store", ["model", "result"]),
+                request_log_dropped=Counter("mlwf_request_log_dropped_rows", "Request-log rows dropped (queue full)", ["model"]),
+                request_log_errors=Counter("mlwf_request_log_write_errors", "Request-log flushes that failed", ["model"]),
+            )
+        return _METRICS
+
+
+class RequestMetrics:
+    """Pre-bound label children for one model version: the hot path does no label lookups."""
+
+    def __init__(self, model: str, version: str) -> None:
+        m = metrics()
+        self.model, self.version, self._m = model, version, m
+        self._ok = {p: m.requests.labels(model, version, p, "2xx") for p in ("v1", "v2", "grpc")}
+        self._latency = {p: m.latency.labels(model, version, p) for p in ("v1", "v2", "grpc")}
+        self._rows = m.rows.labels(model, version)
+
+    def success(self, protocol: str, seconds: float, rows: int) -> None:
+        self._ok[protocol].inc()
+        self._latency[protocol].observe(seconds)
+        self._rows.inc(rows)
+
+    def failure(self, protocol: str, seconds: float, code: int) -> None:
+        m = self._m
+        m.requests.labels(self.model, self.version, protocol, f"{code // 100}xx").inc()
+        m.errors.labels(self.model, self.version, protocol, str(code)).inc()
+        self._latency[protocol].observe(seconds)
+
+
+# ---------------------------------------------------------------- logs
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, any `extra=` fields, and the exception if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_json_logging(level: str = "INFO") -> None:
+    """Route every logger (ours, KServe's, uvicorn's) through one JSON handler on stderr.
+
+    KServe configures its own text format only when its logger has no handler in reach, so a root handler
+    installed first wins; uvicorn's loggers are told to propagate to it.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)  # library warnings become JSON lines too
+    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True

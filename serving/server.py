@@ -1,0 +1,133 @@
+"""KServe's ModelServer, with the lean front (serving/front.py) before its REST app and a bind address.
+
+Stock `ModelServer.start()` binds REST to 0.0.0.0 and gRPC to [::] with no way to choose. This subclass
+keeps KServe's model registry, DataPlane, REST endpoints, gRPC servicer, signal handling and event-loop
+setup, and changes only where the servers listen and what sits in front of the REST app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent import futures
+from typing import Any
+
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.rest.server import RESTServer
+
+from serving.front import FrontApp
+from serving.model import BundleModel
+
+log = logging.getLogger(__name__)
+
+
+class BoundGRPCServer(GRPCServer):
+    """KServe's gRPC inference service on a chosen address (KServe's own listens on [::] only)."""
+
+    def __init__(self, host: str, port: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(port, *args, **kwargs)
+        self._host = host
+
+    async def start(self, max_workers: int) -> None:
+        from grpc import aio
+
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            # KServe's per-call logging interceptor is left out: one log line per RPC is too many.
+            interceptors=(ExceptionToStatusInterceptor(),),
+            options=[
+                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
+            ],
+        )
+        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        address = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+        if self._server.add_insecure_port(address) == 0:
+            raise RuntimeError(f"cannot listen for gRPC on {address}")
+        log.info("gRPC listening", extra={"address": address})
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class BundleModelServer(ModelServer):
+    def __init__(self, *, host: str, grpc_host: str, max_body_bytes: int, log_requests: bool,
+                 grpc_options: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host = host
+        self.grpc_host = grpc_host
+        self.max_body_bytes = max_body_bytes
+        self.log_requests = log_requests
+        self.grpc_options = grpc_options
+        self.front: FrontApp | None = None
+
+    def start(self, models: list[Any]) -> None:  # type: ignore[override]
+        if self.workers != 1:
+            raise ValueError("this runtime serves with one worker per process (--workers 1); scale with replicas")
+        bundle_models = [m for m in models if isinstance(m, BundleModel)]
+        if len(bundle_models) != 1:
+            raise ValueError("the bundle runtime serves exactly one BundleModel per process")
+        self._register_and_check_atleast_one_model_is_ready(models)
+        rest = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
+        from kserve.model_server import app as kserve_app
+
+        self.front = FrontApp(bundle_models[0], kserve_app, self.max_body_bytes, self.log_requests)
+        rest.config.app = self.front  # RESTServer.start() still registers KServe's routes on kserve_app
+        rest.config.host = self.host
+        if not self.log_requests:
+            # The front logs refusals as JSON and metrics count the rest: no line per request from uvicorn
+            # (it checks for handlers in reach, so the logger is cut off) nor from KServe's timing middleware.
+            access = logging.getLogger("uvicorn.access")
+            access.handlers, access.propagate = [], False
+            logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+        self._rest_server = rest
+        self.servers.append(rest.start())
+        log.info("REST listening", extra={"address": f"{self.host}:{self.http_port}", "model": bundle_models[0].name})
+        if self.enable_grpc:
+            self._grpc_server = BoundGRPCServer(self.grpc_host, self.grpc_port, self.dataplane,
+                                                self.model_repository_extension, kwargs=self.grpc_options,
+                                                grace_period=self.grace_period)
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.register_signal_handler()
+        with asyncio.Runner(loop_factory=_loop_factory(self.event_loop)) as runner:
+            runner.run(self._serve())
+
+    async def _serve(self) -> None:
+        # KServe's setup_event_loop() configures the loop it finds before asyncio.run() makes a new one;
+        # here the executor and exception handler go on the loop that really runs.
+        loop = asyncio.get_running_loop()
+        workers = self.max_asyncio_workers or min(32, (os.cpu_count() or 1) + 4)
+        loop.set_default_executor(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"))
+        loop.set_exception_handler(self.default_exception_handler)
+        await asyncio.gather(*self.servers)
+
+
+def _loop_factory(event_loop: str) -> Any:
+    """uvloop for 'auto' (when installed) and 'uvloop'; the standard loop for 'asyncio'."""
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
