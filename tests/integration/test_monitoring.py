@@ -135,7 +135,8 @@ def test_monitoring_pipeline_retrains_for_real_once(tmp_path, state_dir, champio
     serve_log(champion, frame(800, seed=4, drift=1.0), datetime.now(timezone.utc) - timedelta(minutes=5))
     data = tmp_path / "retrain.csv"
     frame(3000, seed=5, drift=1.0).drop(columns=["event_timestamp", "label"]).to_csv(data, index=False)
-    training = {"dataset_spec": "transactions", "source_uri": str(data), "epochs": 3, "min_roc_auc": 0.5, "max_regression": 1.0}
+    training = {"dataset_spec": "transactions", "source_uri": str(data), "epochs": 3, "min_roc_auc": 0.5, "max_regression": 1.0,
+                "max_p99_latency_ms": 100.0}
     arguments = {"model_name": MODEL, "window_hours": 1.0, "cooldown_hours": 6.0, "training_arguments": json.dumps(training)}
     client = tracking.configure(get_settings())
     try:

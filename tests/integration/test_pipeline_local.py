@@ -21,7 +21,8 @@ ALL_STEPS = {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op
 def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free_port, monkeypatch):
     monkeypatch.setenv("MLWF_SERVE_PORT", str(free_port))
     data = make_csv(tmp_path / "tx.csv", rows=6000, bad_fraction=0.01)
-    args = {"dataset_spec": "transactions", "source_uri": str(data), "epochs": 12, "min_roc_auc": 0.6}
+    # The latency budget is generous here: this test is about the branch, and CI machines are shared.
+    args = {"dataset_spec": "transactions", "source_uri": str(data), "epochs": 12, "min_roc_auc": 0.6, "max_p99_latency_ms": 100.0}
     record = state_dir / "serving" / "transactions-classifier" / "server.json"
     try:
         first = run_local(args)
