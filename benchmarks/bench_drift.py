@@ -6,7 +6,7 @@ built once per model at training time and timed here separately). Anchors, in th
 - a plain numpy histogram PSI the way it is usually written: quantile bins from the reference sample, then
   a histogram of each sample (it has no frozen profile, so it bins the reference every run);
 - the strict one: np.histogram of the current sample on the same frozen bins (exactly the project's work);
-- evidently's PSI, only when `evidently` is importable (it is not a dependency of this project).
+- evidently's PSI (evidently is a dev dependency, installed by `make install`, used only here).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run(quick: bool) -> list[Figure]:
     if importlib.util.find_spec("evidently") is None:
         figures.append(Figure(NAME, f"PSI vs evidently, {size} (s)", t_project, None, "evidently PSI: unavailable (not installed)",
                               False, ">= 5x faster", notes="evidently is not a dependency of this project; anchor not measured"))
-    else:  # pragma: no cover - only where someone installed evidently themselves
+    else:
         figures.append(_evidently_figure(reference, current, t_project, size))
     for figure in figures:
         if figure.figure.startswith("KS + PSI"):
