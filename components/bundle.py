@@ -7,18 +7,22 @@ A directory with
   model_card.md           what the model is for, its data, metrics and limits
   manifest.json           sha256 of every file above
 
-Loading needs only this module, numpy and torch: no training code, and nothing is unpickled
-(torch.export archives hold a serialized graph and raw tensors). Every digest is checked first;
+Loading needs only this module, numpy and torch: no training code, and nothing is unpickled beyond
+torch's weights-only unpickler, forced for the whole load (torch.export archives hold a serialized graph
+and raw tensors; torch would otherwise fall back to full pickle for entries the archive marks so). Every digest is checked first;
 a tampered or incomplete bundle is refused with the name of the file that does not match.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -127,6 +131,27 @@ class Bundle:
             return self.program(numeric, codes).numpy().astype(np.float64)
 
 
+@contextmanager
+def _weights_only_unpickling() -> Iterator[None]:
+    """Force torch's restricted (weights-only) unpickler while a program loads.
+
+    torch.export.load reads tensors the archive marks as pickled, and sample inputs the restricted unpickler
+    refuses, with full pickle (weights_only=False): a model.pt2 crafted that way runs code on load, and its sha256
+    proves nothing against whoever can also rewrite the manifest. TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides those
+    calls; it is set only for the load (bundles are loaded once, at start-up, not alongside other torch.load calls).
+    """
+    saved = {key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def load(directory: str | Path) -> Bundle:
     """Verify every digest, then load the program; raises BundleError naming what is wrong."""
     import torch
@@ -135,7 +160,14 @@ def load(directory: str | Path) -> Bundle:
     verify(root)
     signature = json.loads((root / SIGNATURE).read_text())
     profile = json.loads((root / PROFILE).read_text())
-    program = torch.export.load(str(root / PROGRAM)).module()
+    with _weights_only_unpickling():
+        try:
+            program = torch.export.load(str(root / PROGRAM)).module()
+        except pickle.UnpicklingError as err:
+            lines = str(err).splitlines()
+            reason = next((line.strip() for line in lines if "Unsupported" in line), lines[0] if lines else "").split(". ")[0]
+            raise BundleError(f"{PROGRAM} in {root} holds objects the safe loader refuses (only tensors and plain "
+                              f"containers are allowed): {reason}") from err
     return Bundle(directory=root, signature=signature, profile=profile, program=program)
 
 

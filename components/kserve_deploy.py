@@ -277,19 +277,9 @@ def endpoint(obj: Obj, name: str, namespace: str) -> tuple[str, str]:
 
 
 def custom_objects_api(api_client: Any = None) -> Any:
-    from kubernetes import client, config
+    from components.kube import custom_objects_api as api
 
-    if api_client is None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException as in_cluster:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError) as kubeconfig:
-                raise DeployError("no Kubernetes credentials: in-cluster config failed "
-                                  f"({in_cluster}) and kubeconfig failed ({kubeconfig})") from kubeconfig
-        api_client = client.ApiClient()
-    return client.CustomObjectsApi(api_client)
+    return api(api_client, DeployError, "")
 
 
 def _api_error(err: Any, what: str) -> DeployError:

@@ -237,7 +237,10 @@ def run_rollout(backend: Backend, policy: RolloutPolicy, what: str, start_percen
                 stable, canary = backend.observe(percent, policy.step_seconds)
                 if stable.requests:
                     baseline = stable if baseline is None else baseline.plus(stable)
-                reference = stable if stable.requests >= policy.min_requests or baseline is None else baseline
+                # This window's stable side is the reference only if it measured what the checks compare: at 100%
+                # the replay sends stable nothing, yet its /metrics still count real users' requests.
+                measured = stable.p99_ms is not None and len(stable.predictions) >= policy.min_requests
+                reference = stable if (stable.requests >= policy.min_requests and measured) or baseline is None else baseline
                 analysis = analyze(percent, reference, canary, policy)
                 report.analyses.append(analysis)
                 log.info("%s at %d%%: %s", what, percent, "; ".join(f"{c.name} {c.status}: {c.detail}" for c in analysis.checks))

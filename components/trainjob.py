@@ -112,19 +112,9 @@ def verdict(obj: Obj) -> tuple[str, str]:
 
 
 def custom_objects_api(api_client: Any = None) -> Any:
-    from kubernetes import client, config
+    from components.kube import custom_objects_api as api
 
-    if api_client is None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException as in_cluster:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError) as kubeconfig:
-                raise TrainJobError("no Kubernetes credentials for the TrainJob: in-cluster config failed "
-                                    f"({in_cluster}) and kubeconfig failed ({kubeconfig})") from kubeconfig
-        api_client = client.ApiClient()
-    return client.CustomObjectsApi(api_client)
+    return api(api_client, TrainJobError, " for the TrainJob")
 
 
 def _error(err: Any, what: str) -> TrainJobError:

@@ -60,9 +60,15 @@ class LocalRun:
 
 
 def run_local(arguments: dict[str, Any]) -> LocalRun:
-    import kfp.local
+    """Run the training pipeline locally (no GPU request: kfp.local ignores it anyway)."""
+    from pipelines.training import PIPELINE_NAME, training_pipeline
 
-    from pipelines.training import training_pipeline
+    return run_pipeline_locally(training_pipeline, {"gpu_count": 0, **arguments}, PIPELINE_NAME)
+
+
+def run_pipeline_locally(pipeline: Any, arguments: dict[str, Any], name: str) -> LocalRun:
+    """Run a pipeline with kfp.local; return where its steps wrote, raising PipelineFailed with the first error line."""
+    import kfp.local
 
     settings = get_settings()
     os.environ["MLWF_STATE_DIR"] = settings.state_dir  # absolute, for every step process
@@ -74,14 +80,15 @@ def run_local(arguments: dict[str, Any]) -> LocalRun:
     started_at = time.time()
     started = time.perf_counter()
     try:
-        training_pipeline(**{"gpu_count": 0, **arguments})
+        pipeline(**arguments)
     except RuntimeError as err:
         raise PipelineFailed(_first_error_line(err)) from err
     finally:
         elapsed = time.perf_counter() - started
-    new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
+    new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir() and p.name.startswith(name)),
+                 key=lambda p: p.stat().st_mtime)
     if not new:
-        raise PipelineFailed(f"the local run left no output under {root}")
+        raise PipelineFailed(f"the local run of {name} left no output under {root}")
     run_dir = new[-1]
     tasks = {p.name: p for p in run_dir.iterdir() if p.is_dir()}
     return LocalRun(run_dir=run_dir, seconds=elapsed, started_at=started_at, tasks=tasks)

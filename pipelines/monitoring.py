@@ -49,31 +49,7 @@ def monitoring_pipeline(
 
 
 def run_monitoring_local(arguments: dict) -> LocalRun:
-    """Run the monitoring pipeline with kfp.local, like pipelines.local.run_local runs the training one."""
-    import os
-    import time
-    from pathlib import Path
+    """Run the monitoring pipeline with kfp.local, as pipelines.local.run_local runs the training one."""
+    from pipelines.local import run_pipeline_locally
 
-    import kfp.local
-
-    from components.settings import get_settings
-    from pipelines.local import PipelineFailed, _first_error_line
-
-    settings = get_settings()
-    os.environ["MLWF_STATE_DIR"] = settings.state_dir  # absolute, for every step process
-    os.environ.setdefault("MLWF_PROFILE", "local")
-    root = Path(settings.state_dir) / "kfp"
-    root.mkdir(parents=True, exist_ok=True)
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    before = {p.name for p in root.iterdir()}
-    started_at, started = time.time(), time.perf_counter()
-    try:
-        monitoring_pipeline(**arguments)
-    except RuntimeError as err:
-        raise PipelineFailed(_first_error_line(err)) from err
-    elapsed = time.perf_counter() - started
-    new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir() and p.name.startswith(PIPELINE_NAME)),
-                 key=lambda p: p.stat().st_mtime)
-    if not new:
-        raise PipelineFailed(f"the local monitoring run left no output under {root}")
-    return LocalRun(run_dir=new[-1], seconds=elapsed, started_at=started_at, tasks={p.name: p for p in new[-1].iterdir() if p.is_dir()})
+    return run_pipeline_locally(monitoring_pipeline, arguments, PIPELINE_NAME)

@@ -70,10 +70,16 @@ class OnlineFeatures:
         self.open()
         from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
+        store, service = self._store, self._service
         rows = [{self.entity: k} for k in keys]
         try:
-            response = self._store.get_online_features(features=self._service, entity_rows=rows)
+            response = store.get_online_features(features=service, entity_rows=rows)
         except Exception as err:
+            # Feast keeps its first connection for good: one opened while the store was missing or broken would
+            # fail forever. Forget it, so the next request opens the store afresh and recovers once it is back.
+            with self._lock:
+                if self._store is store:
+                    self._store = self._service = None
             raise FeatureStoreUnavailable(f"online store lookup failed: {err}") from err
         proto = response.proto
         names = list(proto.metadata.feature_names.val)
