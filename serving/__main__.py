@@ -14,6 +14,7 @@ Serving flags whose default comes from the environment (so a ServingRuntime can 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     except (bundle_lib.BundleError, OSError, ValueError) as err:
         log.error("cannot load the model bundle", extra={"model_dir": args.model_dir, "error": str(err)})
         sys.exit(1)
+    # Everything loaded so far (torch, kserve, the program) lives for the whole process: freeze it out of the
+    # garbage collector, and collect young objects less often. Full collections over those millions of objects
+    # were the 100+ ms latency spikes seen under load (p99 144 ms -> 6 ms at 2 connections with wrk).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
     local = args.bind_host is not None
     server = BundleModelServer(
         host=args.bind_host or "0.0.0.0",
