@@ -9,6 +9,8 @@ rendered overlays, and on a deliberately bad InferenceService that must fail.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,10 +46,10 @@ class _InferenceServiceCheck(BaseK8Check):
     def scan_spec_conf(self, conf: dict[str, Any]) -> CheckResult:
         return CheckResult.FAILED if any(True for _ in self.problems(conf)) else CheckResult.PASSED
 
+    @abstractmethod
     def problems(self, conf: dict[str, Any]) -> Iterator[str]:
         """Each way `conf` breaks the rule, in words (checkov's kubernetes report shows only pass/fail; the
         messages document the rule and help when debugging a check by hand)."""
-        raise NotImplementedError
 
 
 class InferenceServiceModelFromObjectStore(_InferenceServiceCheck):
