@@ -1,4 +1,4 @@
-"""Fixtures shared by the fault tests: moto's S3 server on 127.0.0.1 and small real bundles."""
+"""Fixtures shared by the fault tests: S3 settings for moto (its server is in tests/conftest.py) and small real bundles."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> str:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def use_s3(monkeypatch: pytest.MonkeyPatch, endpoint: str, secret: str = "testing") -> None:
