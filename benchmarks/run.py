@@ -68,6 +68,19 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged(path: Path, results: dict, ran: set[str]) -> dict:
+    """`--only` replaces the figures of the benchmarks it ran and keeps the others' from the last results file."""
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    kept = [f for f in old.get("figures", []) if f["benchmark"] not in ran]
+    errors = {k: v for k, v in old.get("errors", {}).items() if k.removeprefix("bench_") not in ran}
+    seconds = {k: v for k, v in old.get("seconds", {}).items() if k.removeprefix("bench_") not in ran}
+    order = [f["benchmark"] for f in old.get("figures", [])]
+    figures = sorted(kept + results["figures"], key=lambda f: order.index(f["benchmark"]) if f["benchmark"] in order else len(order))
+    return {**results, "figures": figures, "errors": {**errors, **results["errors"]}, "seconds": {**seconds, **results["seconds"]}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: proves every benchmark still runs (< 1 min each)")
@@ -90,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][name] = f"{type(err).__name__}: {err}"
         results["seconds"][name] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     gpu = "-gpu" if results["machine"]["gpu"] != "none" else ""
+    if args.only:
+        results = merged(out / f"results{suffix}{gpu}.json", results, {n.removeprefix("bench_") for n in names})
     (out / f"results{suffix}{gpu}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"results{suffix}{gpu}.md").write_text(markdown(results))
     print(markdown(results))

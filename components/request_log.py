@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import orjson
 import pandas as pd
 
 from components import storage
@@ -29,20 +30,39 @@ from components import storage
 FIELDS = ("ts", "request_id", "model", "version", "features", "probability", "label", "entity")
 
 
+def _default(value: Any) -> Any:
+    """numpy scalars and anything else orjson does not know: their Python value, else their text."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def encode(ts: str, request_id: str, model: str, version: str, features: dict[str, Any], probability: float,
+           label: int, entity: str | None) -> bytes:
+    """One request-log line (no newline). NaN and infinities become null: JSON has no NaN."""
+    return orjson.dumps({"ts": ts, "request_id": request_id, "model": model, "version": version, "features": features,
+                         "probability": probability, "label": label, "entity": entity},
+                        default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 @dataclass
 class RequestLogWriter:
-    """Sampled, buffered JSONL writer; thread-safe. `sample_rate` 1.0 logs every row."""
+    """Sampled, buffered JSONL writer; thread-safe. `sample_rate` 1.0 logs every row.
+
+    `flush_every` rows trigger a flush from `log`; None leaves flushing to the caller (the model server
+    flushes from a background thread so that file or S3 I/O never runs on its event loop).
+    """
 
     root: str
     model: str
     sample_rate: float = 1.0
-    flush_every: int = 256
+    flush_every: int | None = 256
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._buffer: list[str] = []
+        self._buffer: list[bytes] = []
         self._writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._rng = random.Random()
+        self._file_lock = threading.Lock()
 
     def log(self, rows: Iterable[dict[str, Any]], probabilities: Iterable[float], labels: Iterable[int], version: str,
             request_id: str, entities: Iterable[str | None] | None = None, now: datetime | None = None) -> None:
@@ -52,35 +72,44 @@ class RequestLogWriter:
         for i, (row, p, lab) in enumerate(zip(rows, probabilities, labels)):
             if self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
                 continue
-            lines.append(json.dumps({"ts": ts, "request_id": request_id, "model": self.model, "version": version,
-                                     "features": row, "probability": float(p), "label": int(lab),
-                                     "entity": entity_list[i] if entity_list else None}, separators=(",", ":")))
+            lines.append(encode(ts, request_id, self.model, version, row, float(p), int(lab),
+                                entity_list[i] if entity_list else None))
+        self.append(lines)
+
+    def append(self, lines: list[bytes]) -> None:
+        """Buffer encoded lines (from `encode`); cheap enough for an event loop when flush_every is None."""
         if not lines:
             return
         with self._lock:
             self._buffer.extend(lines)
-            if len(self._buffer) >= self.flush_every:
-                self._flush_locked()
+            full = self.flush_every is not None and len(self._buffer) >= self.flush_every
+        if full:
+            self.flush()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
 
     def flush(self) -> None:
-        with self._lock:
-            self._flush_locked()
+        with self._lock:  # swap under the lock, write outside it: appends never wait for I/O
+            lines, self._buffer = self._buffer, []
+        if lines:
+            self._write(lines)
 
-    def _flush_locked(self) -> None:
-        if not self._buffer:
-            return
+    def _write(self, lines: list[bytes]) -> None:
         now = datetime.now(timezone.utc)
-        text = "\n".join(self._buffer) + "\n"
-        self._buffer = []
         part = f"date={now:%Y-%m-%d}/hour={now:%H}/{self._writer_id}.jsonl"
         if storage.is_s3(self.root):
             # S3 has no append: each flush is its own object.
-            storage.write_bytes(storage.join(self.root, self.model, part.replace(".jsonl", f"-{uuid.uuid4().hex[:8]}.jsonl")), text.encode())
+            storage.write_bytes(storage.join(self.root, self.model, part.replace(".jsonl", f"-{uuid.uuid4().hex[:8]}.jsonl")),
+                                b"\n".join(lines) + b"\n")
             return
         path = Path(self.root, self.model, part)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(text)
+        with self._file_lock, open(path, "ab") as handle:  # two flushes never interleave their lines
+            for line in lines:
+                handle.write(line)
+                handle.write(b"\n")
 
 
 def _partitions(root: str, model: str, start: datetime, end: datetime) -> Iterator[str]:

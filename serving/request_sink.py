@@ -1,31 +1,36 @@
-"""Sampled request/response logging off the request path, through components.request_log.RequestLogWriter.
+"""Sampled request/response logging, through components.request_log (one format for server and monitor).
 
-The request path only appends a reference to a bounded deque (no lock, no wake-up: a queue's notify per
-request costs a thread switch); a background thread wakes every `poll_s`, samples rows, turns them into
-log records for the writer, and flushes every `flush_interval_s` seconds so a monitor reading the files
-sees recent traffic. `close()` drains what is pending and flushes (on shutdown). A full deque drops rows
-and counts them (mlwf_request_log_dropped_rows): logging never holds scoring up.
+Small requests (up to `inline_rows` rows, the latency-sensitive traffic) are sampled and encoded to JSON
+lines on the request path itself: orjson and a dict per row cost a few microseconds, far less than
+handing the work to another thread. A Python thread doing that work would hold the GIL in bursts and the
+event loop would wait up to the interpreter's switch interval (5 ms) to get it back: that, not the work,
+was the server's p99. Larger batches are queued and encoded by the background thread in chunks. The
+thread also flushes every `flush_interval_s` seconds (file appends and S3 puts release the GIL) so a
+monitor reading the files sees recent traffic; `close()` encodes what is queued and flushes (shutdown).
+More than `max_pending` unflushed rows drop new rows and count them (mlwf_request_log_dropped_rows):
+logging never holds scoring up.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import numpy as np
 
-from components.request_log import RequestLogWriter
+from components.request_log import RequestLogWriter, encode
 from serving.observability import metrics
 from serving.requests import Batch, rows_for_log
 
 log = logging.getLogger(__name__)
 
-# Rows handed to the writer at a time (it buffers and appends; chunks keep each call short).
+# Rows the background thread encodes before it lets the event loop have the GIL back.
 _CHUNK = 64
 
 
@@ -36,11 +41,12 @@ class _Item:
     labels: np.ndarray
     version: str
     request_id: str
+    ts: str
 
 
 class RequestLogSink:
     def __init__(self, root: str, model: str, features: Sequence[str], numeric: Sequence[str], sample_rate: float = 1.0,
-                 flush_interval_s: float = 2.0, max_pending: int = 10_000, poll_s: float = 0.05) -> None:
+                 flush_interval_s: float = 2.0, max_pending: int = 100_000, inline_rows: int = 16) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"request log sample rate must be within [0, 1], got {sample_rate}")
         if flush_interval_s <= 0:
@@ -51,12 +57,15 @@ class RequestLogSink:
         self.numeric = list(numeric)
         self.sample_rate = sample_rate
         self.flush_interval_s = flush_interval_s
-        # Sampling happens here, before rows are built, so the writer logs every row it is given.
-        self.writer = RequestLogWriter(root=root, model=model, sample_rate=1.0)
-        self._pending: deque[_Item] = deque()
+        self.inline_rows = inline_rows
+        # Sampling happens here, before rows are built; flushing only from the thread (no I/O on the loop).
+        self.writer = RequestLogWriter(root=root, model=model, sample_rate=1.0, flush_every=None)
+        self._queued: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._count_lock = threading.Lock()
         self._max_pending = max_pending
-        self._poll_s = min(poll_s, flush_interval_s)
-        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._stop = False
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
         self._next_error_log = 0.0
@@ -75,56 +84,68 @@ class RequestLogSink:
     def submit(self, batch: Batch, probabilities: np.ndarray, labels: np.ndarray, version: str, request_id: str) -> None:
         if self._thread is None:
             return
-        if len(self._pending) >= self._max_pending:
-            self._dropped.inc(batch.rows)
+        n = batch.rows
+        if self.writer.pending + self._queued_rows + n > self._max_pending:
+            self._dropped.inc(n)
             return
-        self._pending.append(_Item(batch, probabilities, labels, version, request_id))  # atomic under the GIL
+        ts = datetime.now(timezone.utc).isoformat()
+        if n <= self.inline_rows:
+            self.writer.append(self._encode(batch, probabilities, labels, version, request_id, ts, self._sample(n)))
+        else:
+            with self._count_lock:
+                self._queued_rows += n
+            self._queued.append(_Item(batch, probabilities, labels, version, request_id, ts))  # atomic under the GIL
 
     def close(self, timeout: float = 10.0) -> None:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self._stop.set()
+        self._stop = True
+        self._wake.set()
         thread.join(timeout)
-        self._drain()
+        self._encode_queued(yield_gil=False)
         self._flush()
+
+    def _sample(self, n: int) -> list[int]:
+        if self.sample_rate >= 1.0:
+            return list(range(n))
+        return [i for i in range(n) if self._rng.random() < self.sample_rate]
+
+    def _encode(self, batch: Batch, probabilities: np.ndarray, labels: np.ndarray, version: str, request_id: str,
+                ts: str, keep: list[int], rows: list[dict[str, Any]] | None = None) -> list[bytes]:
+        if not keep:
+            return []
+        rows = rows if rows is not None else rows_for_log(batch, self.features, self.numeric)
+        entities = batch.entities
+        probs, labs = probabilities.tolist(), labels.tolist()
+        return [encode(ts, request_id, self.model, version, rows[i], probs[i], labs[i], entities[i] if entities else None)
+                for i in keep]
 
     def _run(self) -> None:
         next_flush = time.monotonic() + self.flush_interval_s
-        while not self._stop.wait(self._poll_s):
-            self._drain()
+        while not self._stop:
+            self._wake.wait(max(0.0, min(0.05, next_flush - time.monotonic())))
+            self._encode_queued(yield_gil=True)
             if time.monotonic() >= next_flush:
                 self._flush()
                 next_flush = time.monotonic() + self.flush_interval_s
 
-    def _drain(self) -> None:
-        while self._pending:
-            item = self._pending.popleft()
+    def _encode_queued(self, yield_gil: bool) -> None:
+        while self._queued:
+            item = self._queued.popleft()
             try:
-                self._write(item)
+                keep = self._sample(item.batch.rows)
+                rows = rows_for_log(item.batch, self.features, self.numeric) if keep else []
+                for start in range(0, len(keep), _CHUNK):
+                    self.writer.append(self._encode(item.batch, item.probabilities, item.labels, item.version,
+                                                    item.request_id, item.ts, keep[start:start + _CHUNK], rows))
+                    if yield_gil:
+                        time.sleep(0)  # let the event loop run between chunks
             except Exception:  # a bad record must not stop the logger thread
                 log.exception("request log: could not record request %s", item.request_id)
-
-    def _write(self, item: _Item) -> None:
-        n = item.batch.rows
-        if self.sample_rate >= 1.0:
-            keep = list(range(n))
-        else:
-            keep = [i for i in range(n) if self._rng.random() < self.sample_rate]
-        if not keep:
-            return
-        rows = rows_for_log(item.batch, self.features, self.numeric)
-        entities = item.batch.entities
-        for start in range(0, len(keep), _CHUNK):
-            part = keep[start:start + _CHUNK]
-            self.writer.log(
-                [rows[i] for i in part],
-                [float(item.probabilities[i]) for i in part],
-                [int(item.labels[i]) for i in part],
-                version=item.version,
-                request_id=item.request_id,
-                entities=[entities[i] for i in part] if entities else None,
-            )
+            finally:
+                with self._count_lock:
+                    self._queued_rows -= item.batch.rows
 
     def _flush(self) -> None:
         try:
