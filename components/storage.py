@@ -6,13 +6,18 @@ middle of a write leaves nothing half-written for the next run to trust.
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
 
 
 def is_s3(uri: str) -> bool:
@@ -80,6 +85,42 @@ def write_bytes(uri: str, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    sweep_stale_temporaries(path)
+
+
+# A temporary file or directory this old was left by a writer that was killed (SIGKILL, OOM, node loss)
+# between creating it and the rename: no live write of one object takes an hour.
+STALE_TEMPORARY_S = 3600.0
+
+
+def sweep_stale_temporaries(path: Path, older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Remove what killed writers of `path` left beside it (`.<name>.*.tmp` files, `.<name>.tmp-<pid>` dirs).
+
+    Readers never see these (they only read the final name), so they are garbage, not data; fresh ones
+    may belong to a writer still running and are left alone. Returns what was removed.
+    """
+    removed: list[Path] = []
+    cutoff = time.time() - older_than_s
+    try:
+        candidates = [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), *path.parent.glob(f".{glob.escape(path.name)}.tmp-*")]
+    except OSError:
+        return removed
+    for leftover in candidates:
+        try:
+            if leftover.lstat().st_mtime >= cutoff:
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            removed.append(leftover)
+        except FileNotFoundError:  # another writer swept it first
+            continue
+        except OSError as err:
+            log.warning("could not remove stale temporary %s: %s", leftover, err)
+    if removed:
+        log.info("removed %d stale temporary file(s) left beside %s by killed writers", len(removed), path)
+    return removed
 
 
 def local_copy(uri: str, workdir: str) -> str:
@@ -136,6 +177,7 @@ def copy_dir(src: str, dst: str) -> None:
     if dst_path.exists():
         shutil.rmtree(dst_path)
     os.replace(tmp, dst_path)
+    sweep_stale_temporaries(dst_path)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
