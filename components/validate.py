@@ -834,17 +834,41 @@ def check_conservation(raw: pd.DataFrame, outcome: ValidationOutcome, source: st
             codes = found.to_numpy(zero_copy_only=False).astype(np.int64)
         return (codes << 32) | np.asarray(lines, dtype=np.int64)
 
-    refs_in = np.sort(refs(files_in, raw[SOURCE_LINE].to_numpy()))
-    if rows_in > 1 and (np.diff(refs_in) == 0).any():
-        raise ValidationFailed("the input has two rows with the same source file and line")
     valid = outcome.valid_table
-    out = np.sort(np.concatenate([
+    keys_in = refs(files_in, raw[SOURCE_LINE].to_numpy())
+    keys_out = np.concatenate([
         refs(valid.column(SOURCE_FILE).combine_chunks(), valid.column(SOURCE_LINE).to_numpy()),
         refs(outcome.quarantined["source"].to_numpy(dtype=object), outcome.quarantined[SOURCE_LINE].to_numpy()),
-    ]))
-    if not np.array_equal(refs_in, out):
+    ])
+    duplicated_in, same = _compare_refs(keys_in, keys_out, len(names))
+    if duplicated_in:
+        raise ValidationFailed("the input has two rows with the same source file and line")
+    if not same:
         # same count, so some input row is missing and another appears twice (valid and quarantined)
         raise ValidationFailed("the valid and quarantined rows are not the input rows: a row was lost or is both valid and quarantined")
+
+
+def _compare_refs(keys_in: np.ndarray, keys_out: np.ndarray, files: int) -> tuple[bool, bool]:
+    """(an input key occurs twice, the output keys are exactly the input keys). Keys are file code << 32 | line.
+
+    Lines are 1..rows per file, so the keys fill a small dense range: counting them (bincount, linear)
+    decides both questions at a tenth of the cost of sorting; sparse keys fall back to sorting.
+    """
+    if len(keys_in) == 0:
+        return False, len(keys_out) == 0
+    lines_in, lines_out = keys_in & 0xFFFFFFFF, keys_out & 0xFFFFFFFF
+    stride = int(max(lines_in.max(), lines_out.max() if len(keys_out) else 0)) + 1
+    if min(lines_in.min(), lines_out.min() if len(keys_out) else 0) >= 0 and files * stride <= 4 * len(keys_in) + 1024:
+        dense_in = (keys_in >> 32) * stride + lines_in
+        dense_out = (keys_out >> 32) * stride + lines_out
+        counts_in = np.bincount(dense_in, minlength=files * stride)
+        if counts_in.max() > 1:
+            return True, False
+        return False, np.array_equal(counts_in, np.bincount(dense_out, minlength=files * stride))
+    sorted_in = np.sort(keys_in)
+    if len(sorted_in) > 1 and (np.diff(sorted_in) == 0).any():
+        return True, False
+    return False, np.array_equal(sorted_in, np.sort(keys_out))
 
 
 def enforce_threshold(spec: DatasetSpec, outcome: ValidationOutcome) -> str | None:

@@ -2,6 +2,7 @@ import json
 from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from components.spec import parse_spec
@@ -183,3 +184,42 @@ def test_timestamps_with_offsets_or_other_formats_become_utc(transactions_spec):
     parsed = _parse_times(pd.Series(["2026-01-01T02:00:00+02:00", "2026-01-01", "01/02/2026 10:00", "2026-13-45T00:00:00Z", None]))
     assert [str(v) for v in parsed] == ["2026-01-01 00:00:00+00:00", "2026-01-01 00:00:00+00:00",
                                         "2026-01-02 10:00:00+00:00", "NaT", "NaT"]
+
+
+def _tampered(out, valid_table=None, quarantined=None):
+    import dataclasses
+
+    return dataclasses.replace(out, valid_table=out.valid_table if valid_table is None else valid_table,
+                               quarantined=out.quarantined if quarantined is None else quarantined)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense lines", "sparse lines (sorting path)"])
+def test_conservation_catches_a_lost_row_a_row_in_both_outputs_and_duplicate_input_lines(tmp_path, state_dir, transactions_spec, sparse):
+    from components.validate import check_conservation
+
+    raw = ingest_frame(transactions_spec, make_csv(tmp_path / "tx.csv", rows=600, bad_fraction=0.05), state_dir)
+    if sparse:  # line numbers far apart (e.g. a source that numbers rows by offset): the sort-based comparison
+        raw["source_line"] = raw["source_line"].astype("int64") * 1_000_003
+    out = validate(transactions_spec, raw, run_id="r", source="x", now=NOW)
+    check_conservation(raw, out)  # the untouched outcome holds
+    assert len(out.quarantined) > 1
+
+    # one valid row replaced by a copy of a quarantined row's reference: same count, a row lost, one in both
+    valid = out.valid_table
+    lines = valid.column("source_line").to_numpy().copy()
+    lines[0] = int(out.quarantined["source_line"].iloc[0])
+    moved = valid.set_column(valid.schema.get_field_index("source_line"), "source_line", pa.array(lines))
+    with pytest.raises(ValidationFailed, match="a row was lost or is both valid and quarantined"):
+        check_conservation(raw, _tampered(out, valid_table=moved))
+
+    with pytest.raises(ValidationFailed, match="rows lost"):
+        check_conservation(raw, _tampered(out, quarantined=out.quarantined.iloc[1:]))
+
+    twice = raw.copy()
+    twice.loc[1, "source_line"] = twice.loc[0, "source_line"]
+    with pytest.raises(ValidationFailed, match="two rows with the same source file and line"):
+        check_conservation(twice, out)
+
+    foreign = out.quarantined.assign(source="elsewhere.csv")
+    with pytest.raises(ValidationFailed, match="not in the input"):
+        check_conservation(raw, _tampered(out, quarantined=foreign))
