@@ -57,20 +57,26 @@ def read_json(path: str) -> dict[str, Any]:
     return dict(json.loads(storage.read_bytes(path)))
 
 
+def _json_bytes(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def write_json(path: str, record: dict[str, Any]) -> None:
-    storage.write_bytes(path, (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
+    storage.write_bytes(path, _json_bytes(record))
 
 
 def write_once(path: str, record: dict[str, Any]) -> dict[str, Any]:
     """Write `record` unless one is there already; return what the store holds.
 
     Records are keyed by content fingerprints, so the first one written stays: its run id is the run
-    that first produced that content, and a rerun changes no byte of it.
+    that first produced that content, and a rerun changes no byte of it. Two runs racing on the same
+    record agree: the creation is atomic (storage.create_once), and the loser returns the winner's record.
     """
     if storage.exists(path):
         return read_json(path)
-    write_json(path, record)
-    return record
+    if storage.create_once(path, _json_bytes(record)):
+        return record
+    return read_json(path)
 
 
 def latest_manifest(state_dir: str, dataset: str) -> dict[str, Any]:

@@ -88,6 +88,43 @@ def write_bytes(uri: str, data: bytes) -> None:
     sweep_stale_temporaries(path)
 
 
+def create_once(uri: str, data: bytes) -> bool:
+    """Create `uri` holding `data` only if nothing is there yet; False when it already exists.
+
+    Atomic against a concurrent writer of the same name: locally the complete temporary file is hard-linked
+    to the final name (link fails if the name exists), on S3 the put is conditional (If-None-Match: *).
+    Exactly one of two racing writers gets True; the other reads the winner's bytes.
+    """
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
+                    err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return False
+            raise
+        return True
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 # A temporary file or directory this old was left by a writer that was killed (SIGKILL, OOM, node loss)
 # between creating it and the rename: no live write of one object takes an hour.
 STALE_TEMPORARY_S = 3600.0

@@ -124,27 +124,33 @@ def test_a_write_that_fails_half_way_leaves_no_partial_output(tmp_path, state_di
     landing_file(folder, "a.csv", 800, seed=1)
     landing_file(folder, "b.csv", 700, seed=2)
     writes = []
-    real_write = storage.write_bytes
+    real_write, real_create = storage.write_bytes, storage.create_once
     monkeypatch.setattr(storage, "write_bytes", lambda uri, data: writes.append(uri) or real_write(uri, data))
+    monkeypatch.setattr(storage, "create_once", lambda uri, data: writes.append(uri) or real_create(uri, data))
     reference = run_steps(folder, tmp_path / "reference", "ref")
     monkeypatch.setattr(storage, "write_bytes", real_write)
+    monkeypatch.setattr(storage, "create_once", real_create)
     assert len(writes) >= 10
 
-    real_replace = os.replace
-    for k in range(len(writes)):  # a fresh state each time, dying at the k-th rename of a first run
+    real_replace, real_link = os.replace, os.link
+    for k in range(len(writes)):  # a fresh state each time, dying at the k-th commit (rename or link) of a first run
         monkeypatch.setenv("MLWF_STATE_DIR", str(tmp_path / f"state{k}"))
         calls = {"n": 0}
 
-        def dying_replace(src, dst, _k=k, _calls=calls):
-            if _calls["n"] == _k:
-                raise KeyboardInterrupt("killed between write and rename")
-            _calls["n"] += 1
-            return real_replace(src, dst)
+        def dying(real, _k=k, _calls=calls):
+            def commit(src, dst):
+                if _calls["n"] == _k:
+                    raise KeyboardInterrupt("killed between write and rename")
+                _calls["n"] += 1
+                return real(src, dst)
+            return commit
 
-        monkeypatch.setattr(os, "replace", dying_replace)
+        monkeypatch.setattr(os, "replace", dying(real_replace))
+        monkeypatch.setattr(os, "link", dying(real_link))
         with pytest.raises(KeyboardInterrupt):
             run_steps(folder, tmp_path / f"killed{k}", f"killed-{k}")
         monkeypatch.setattr(os, "replace", real_replace)
+        monkeypatch.setattr(os, "link", real_link)
         assert_no_partial_files(tmp_path)
         # the rerun converges: the same rows as a run that was never interrupted, and reruns are stable
         again = run_steps(folder, tmp_path / f"after{k}", "after")
