@@ -195,10 +195,11 @@ def _deployment(record: dict[str, Any]) -> LocalDeployment:
 
 
 def deploy_local(model_dir: str, model_name: str, version: str, instances: list[dict[str, Any]], settings: Settings,
-                 timeout: float = 120.0, replay: list[dict[str, Any]] | None = None) -> LocalDeployment:
+                 timeout: float = 120.0, replay: list[dict[str, Any]] | None = None, expected_psi: float = 0.0) -> LocalDeployment:
     """Serve `version` on 127.0.0.1: the first version directly, a later one through the progressive rollout.
 
-    `instances` are the smoke-test rows; `replay` the traffic a rollout replays (default: `instances`).
+    `instances` are the smoke-test rows; `replay` the traffic a rollout replays (default: `instances`);
+    `expected_psi` the prediction shift between the two versions that offline scoring predicts (see RolloutPolicy).
     Raises DeployError when the new version cannot serve or its canary is rolled back (stable keeps serving).
     """
     name = service_name(model_name)
@@ -213,7 +214,8 @@ def deploy_local(model_dir: str, model_name: str, version: str, instances: list[
         return _deployment(stable)
     if stable is None:
         return _first_local(name, home, target, model_dir, version, digest, instances, settings, timeout)
-    deployment, report = rollout_local(name, home, stable, canary, model_dir, version, digest, replay or instances, settings, timeout)
+    deployment, report = rollout_local(name, home, stable, canary, model_dir, version, digest, replay or instances, settings,
+                                       timeout, expected_psi)
     return dataclasses.replace(deployment, rollout=report.summary(), percents=tuple(report.percents))
 
 
@@ -292,12 +294,12 @@ def _canary_port(settings: Settings, stable: dict[str, Any]) -> int:
 
 def rollout_local(name: str, home: Path, stable: dict[str, Any], canary: dict[str, Any] | None, model_dir: str,
                   version: str, digest: str, replay: list[dict[str, Any]], settings: Settings,
-                  timeout: float = 120.0) -> tuple[LocalDeployment, RolloutReport]:
+                  timeout: float = 120.0, expected_psi: float = 0.0) -> tuple[LocalDeployment, RolloutReport]:
     """Canary `version` against the live `stable` server; returns the new deployment and the rollout report."""
     from components import rollout
 
     try:
-        policy = rollout.policy_from_settings(settings)
+        policy = rollout.policy_from_settings(settings, expected_psi)
     except ValueError as err:
         raise DeployError(str(err)) from err
     if not replay:

@@ -206,6 +206,25 @@ def decide(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[s
 
 # --- the champion, the baseline, feature importance -----------------------------------------------------
 
+def expected_prediction_shift(client: Any, model_name: str, candidate_version: str, candidate: Any,
+                              rows: pd.DataFrame) -> tuple[float, str | None]:
+    """(PSI between the champion's and the candidate's scores on `rows`, champion version): the shift a canary
+    of the candidate should show against the champion serving the same traffic. (0.0, None) without a
+    comparable champion. The rollout fails only on a shift well beyond this one (RolloutPolicy.expected_psi)."""
+    from components.rollout import prediction_psi
+
+    version = tracking.alias_version(client, model_name, "champion")
+    if version is None or str(version.version) == str(candidate_version) or rows.empty:
+        return 0.0, None
+    with tempfile.TemporaryDirectory() as tmp:
+        champion = bundle_lib.load(tracking.download_bundle(client, version, tmp))
+    if [f for f in champion.feature_names if f not in rows.columns]:
+        return 0.0, None
+    theirs = champion.predict_proba(bundle_lib.columns_from_frame(rows, champion.feature_names))
+    ours = candidate.predict_proba(bundle_lib.columns_from_frame(rows, candidate.feature_names))
+    return float(prediction_psi(np.asarray(theirs), np.asarray(ours))), str(version.version)
+
+
 def champion_scores(client: Any, model_name: str, candidate_version: str, test: pd.DataFrame,
                     latency_rows: int = 200) -> tuple[dict[str, Any], np.ndarray | None] | None:
     """The current champion scored on this same test set, or None when there is no champion yet."""

@@ -360,7 +360,7 @@ def _wait(api: Any, name: str, namespace: str, verdict: Callable[[Obj], Verdict]
 
 def deploy_cluster(model_dir: str, model_name: str, version: str, settings: Settings, api_client: Any = None,
                    timeout_s: float = 600, poll_s: float = 2.0, analyzer: Any = None,
-                   sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
+                   sleep: Callable[[float], None] = time.sleep, expected_psi: float = 0.0) -> dict[str, str]:
     """Serve the bundle in `model_dir` as `version` of `model_name`; returns url, predict_url, isvc and action.
 
     `timeout_s` bounds each wait (first rollout, each canary step, promotion); `analyzer` observes a version over
@@ -372,7 +372,7 @@ def deploy_cluster(model_dir: str, model_name: str, version: str, settings: Sett
     if mode not in MODES:
         raise DeployError(f"MLWF_KSERVE_MODE must be one of {MODES}, got {mode!r}")
     try:
-        policy = rollout.policy_from_settings(settings)
+        policy = rollout.policy_from_settings(settings, expected_psi)
     except ValueError as err:
         raise DeployError(str(err)) from err
     store = model_store()

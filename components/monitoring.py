@@ -17,6 +17,7 @@ import html
 import io
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -300,12 +301,27 @@ def _outside_kfp_runtime(function: str, payload: dict[str, Any]) -> dict[str, An
             f"print({_RESULT!r} + json.dumps(start(json.load(sys.stdin))), flush=True)")
     root = str(Path(__file__).resolve().parent.parent)
     proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True, env=env, cwd=root)
-    sys.stderr.write(proc.stderr)  # the training's own log stays visible in this step's log
     results = [line[len(_RESULT):] for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
+    # The training's own log (kfp.local prints each step's output on stdout) stays visible in this step's log.
+    sys.stderr.write("".join(line for line in proc.stdout.splitlines(keepends=True) if not line.startswith(_RESULT)))
+    sys.stderr.write(proc.stderr)
     if proc.returncode != 0 or not results:
-        errors = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        raise MonitorError(f"training trigger {function} exited with code {proc.returncode}: {errors[-1] if errors else 'no output'}")
+        raise MonitorError(f"training trigger {function} exited with code {proc.returncode}: {_error_line(proc.stdout + proc.stderr)}")
     return dict(json.loads(results[-1]))
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Failed|Failure)\b:?\s*(.*)$")
+
+
+def _error_line(output: str) -> str:
+    """The most telling line of a failed child's output: the innermost step's exception (DeployError: ...,
+    ValidationFailed: ...) rather than whatever was printed last (a separator, the outer traceback)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    exceptions = [line for line in lines if _EXCEPTION_LINE.match(line) and "finished with status" not in line]
+    if exceptions:
+        return exceptions[0]
+    useful = [line for line in lines if line.strip("-=* ")]
+    return useful[-1] if useful else "no output"
 
 
 def _start_local_training(arguments: dict[str, Any]) -> dict[str, Any]:

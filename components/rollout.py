@@ -41,6 +41,9 @@ class RolloutPolicy:
     max_p99_ratio: float = 1.5
     p99_slack_ms: float = 25.0
     max_psi: float = 0.25  # the usual "significant shift" convention
+    # The PSI offline evaluation predicts between the two versions' scores on the same rows (a model retrained
+    # on drifted data is meant to score differently): only a shift beyond it by more than max_psi fails.
+    expected_psi: float = 0.0
 
     def __post_init__(self) -> None:
         steps = list(self.steps)
@@ -50,7 +53,8 @@ class RolloutPolicy:
             raise ValueError(f"the failure limit must be at least 1, got {self.max_failed_analyses}")
         if self.step_seconds < 0 or self.min_requests < 1:
             raise ValueError(f"need step_seconds >= 0 and min_requests >= 1, got {self.step_seconds}, {self.min_requests}")
-        if not 0 <= self.max_success_drop < 1 or self.max_p99_ratio < 1 or self.p99_slack_ms < 0 or self.max_psi <= 0:
+        if (not 0 <= self.max_success_drop < 1 or self.max_p99_ratio < 1 or self.p99_slack_ms < 0 or self.max_psi <= 0
+                or not self.expected_psi >= 0):
             raise ValueError(f"invalid analysis thresholds: {self}")
 
     def remaining(self, current_percent: int | None) -> tuple[int, ...]:
@@ -60,8 +64,8 @@ class RolloutPolicy:
         return tuple(s for s in self.steps if s >= current_percent)
 
 
-def policy_from_settings(settings: Any) -> RolloutPolicy:
-    return RolloutPolicy(steps=tuple(settings.canary_steps), max_failed_analyses=settings.canary_max_failed_analyses,
+def policy_from_settings(settings: Any, expected_psi: float = 0.0) -> RolloutPolicy:
+    return RolloutPolicy(expected_psi=expected_psi, steps=tuple(settings.canary_steps), max_failed_analyses=settings.canary_max_failed_analyses,
                          step_seconds=settings.canary_step_seconds, min_requests=settings.canary_min_requests,
                          max_success_drop=settings.canary_max_success_drop, max_p99_ratio=settings.canary_max_p99_ratio,
                          p99_slack_ms=settings.canary_p99_slack_ms, max_psi=settings.canary_max_psi)
@@ -162,8 +166,10 @@ def analyze(percent: int, stable: Observation, canary: Observation, policy: Roll
                             f"canary {len(canary.predictions)}; need {policy.min_requests})"))
     else:
         value = prediction_psi(stable.predictions, canary.predictions)
-        checks.append(Check("prediction_psi", PASS if value <= policy.max_psi else FAIL, value, policy.max_psi,
-                            f"PSI {value:.3f} between canary and stable predictions, limit {policy.max_psi:.3f}"))
+        limit = policy.max_psi + policy.expected_psi
+        why = f" ({policy.max_psi:.3f} over the {policy.expected_psi:.3f} expected offline)" if policy.expected_psi else ""
+        checks.append(Check("prediction_psi", PASS if value <= limit else FAIL, value, limit,
+                            f"PSI {value:.3f} between canary and stable predictions, limit {limit:.3f}{why}"))
     return Analysis(percent, checks, stable, canary)
 
 

@@ -213,6 +213,7 @@ def deploy_step(model: Any, test_set: Any, model_name: str, version: str, deploy
 
     from components import bundle as bundle_lib
     from components import storage, tracking
+    from components.evaluate import expected_prediction_shift
     from components.settings import get_settings
 
     started = time.perf_counter()
@@ -221,22 +222,28 @@ def deploy_step(model: Any, test_set: Any, model_name: str, version: str, deploy
     candidate = bundle_lib.load(model.path)
     sample = bundle_lib.columns_from_frame(test.head(3), candidate.feature_names)
     instances = [{k: v[i] for k, v in sample.items()} for i in range(len(test.head(3)))]
+    replay_rows = 2000  # the traffic a local canary replays, cycled as long as the steps need
+    client = tracking.configure(settings)
+    # A retrained model is meant to score differently from the champion (after drift, that is the point):
+    # the canary analysis allows the shift that the two versions show offline on the test period.
+    expected_psi, champion = expected_prediction_shift(client, model_name, version, candidate, test.head(replay_rows))
+    if champion is not None:
+        log.info("deploy: prediction PSI between champion v%s and v%s on the test period: %.3f (allowed in the canary analysis)",
+                 champion, version, expected_psi)
     if settings.is_local:
         from components.deploy import deploy_local
 
         # A later version is canaried against the one serving with the test period replayed as traffic;
         # a rollback raises here, before the alias below moves.
-        replay_rows = 2000  # cycled as long as the steps need
         rows = bundle_lib.columns_from_frame(test.head(replay_rows), candidate.feature_names)
         replay = [{k: v[i] for k, v in rows.items()} for i in range(min(len(test), replay_rows))]
-        result = deploy_local(model.path, model_name, version, instances, settings, replay=replay)
+        result = deploy_local(model.path, model_name, version, instances, settings, replay=replay, expected_psi=expected_psi)
         url, predict_url = result.url, result.predict_url
     else:
         from components.kserve_deploy import deploy_cluster
 
-        out = deploy_cluster(model.path, model_name, version, settings)
+        out = deploy_cluster(model.path, model_name, version, settings, expected_psi=expected_psi)
         url, predict_url = out["url"], out["predict_url"]
-    client = tracking.configure(settings)
     client.set_registered_model_alias(model_name, "champion", version)  # only after the new version serves
     text = (f"# Deployed {model_name} v{version}\n\n- URL: {url}\n- Predict (V1): `POST {predict_url}`\n"
             f"- Example:\n\n```\ncurl -s -H 'Content-Type: application/json' {predict_url} -d '{json.dumps({'instances': instances[:1]})}'\n```\n")

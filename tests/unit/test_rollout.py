@@ -65,6 +65,29 @@ def test_each_check_fails_on_its_own_problem():
     assert [c.name for c in shifted.checks if c.status == "fail"] == ["prediction_psi"]
 
 
+def test_the_shift_offline_scoring_expects_is_allowed_and_only_a_larger_one_fails():
+    """A retrained model (after drift) scores differently from the champion on purpose: the canary analysis
+    allows the PSI the two versions showed offline on the same rows, plus max_psi; beyond that it fails."""
+    import dataclasses
+
+    stable, canary = obs(900, 0), obs(300, 0, seed=1, shift=0.05)
+    observed = prediction_psi(stable.predictions, canary.predictions)
+    assert observed > POLICY.max_psi  # without the allowance this canary is rolled back
+    assert [c.name for c in analyze(10, stable, canary, POLICY).checks if c.status == "fail"] == ["prediction_psi"]
+
+    expected = dataclasses.replace(POLICY, expected_psi=(observed - 0.1))
+    allowed = analyze(10, stable, canary, expected)
+    assert allowed.passed
+    psi = next(c for c in allowed.checks if c.name == "prediction_psi")
+    assert psi.limit == pytest.approx(POLICY.max_psi + (observed - 0.1))
+    assert f"over the {observed - 0.1:.3f} expected offline" in psi.detail
+
+    broken = obs(300, 0, seed=2, shift=0.7)  # far beyond the expected shift: still caught
+    assert not analyze(10, stable, broken, expected).passed
+    with pytest.raises(ValueError, match="invalid analysis thresholds"):
+        RolloutPolicy(expected_psi=-0.1)
+
+
 def test_too_little_traffic_is_inconclusive_and_does_not_pass():
     analysis = analyze(10, obs(900), obs(12, seed=1), POLICY)
     assert not analysis.passed and {c.status for c in analysis.checks} == {"inconclusive"}
