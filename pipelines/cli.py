@@ -522,7 +522,10 @@ def cmd_rollout_demo(args: argparse.Namespace) -> int:
     if not data.exists():
         return _fail(f"no traffic to replay: {data} does not exist (run `make demo` first, or pass --data)")
     champion = bundle_lib.load(stable["model_dir"])
-    frame = pd.read_csv(data).tail(2000)  # the latest rows: the test period
+    frame = pd.read_csv(data)
+    for name in champion.numeric:  # the demo data has bad rows on purpose: replay the latest rows that parse
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    frame = frame.dropna(subset=champion.feature_names).tail(2000)  # the latest rows: the test period
     columns = bundle_lib.columns_from_frame(frame, champion.feature_names)
     traffic = [{k: v[i] for k, v in columns.items()} for i in range(len(frame))]
     broken = make_broken_bundle(stable["model_dir"], str(home / f"broken-{args.broken}"), args.broken)
