@@ -74,6 +74,17 @@ def write_bytes(uri: str, data: bytes) -> None:
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
     path = Path(uri)
+    tmp = _durable_temporary(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sweep_stale_temporaries(path)
+
+
+def _durable_temporary(path: Path, data: bytes) -> str:
+    """`data` written and fsynced under a temporary name beside `path` (removed again if that fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -81,11 +92,10 @@ def write_bytes(uri: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    sweep_stale_temporaries(path)
+    return tmp
 
 
 def create_once(uri: str, data: bytes) -> bool:
@@ -108,21 +118,14 @@ def create_once(uri: str, data: bytes) -> bool:
                 return False
             raise
         return True
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _durable_temporary(Path(uri), data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+        os.link(tmp, uri)
+    except FileExistsError:
+        return False
     finally:
         Path(tmp).unlink(missing_ok=True)
+    return True
 
 
 # A temporary file or directory this old was left by a writer that was killed (SIGKILL, OOM, node loss)
