@@ -59,14 +59,18 @@ class RequestLogWriter:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._buffer: list[bytes] = []
+        # Lines by the hour partition of their own timestamp (not the flush's: a backfill or a flush just past
+        # midnight must land where a reader of that time window looks).
+        self._buffer: dict[str, list[bytes]] = {}
+        self._pending = 0
         self._writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._rng = random.Random()
         self._file_lock = threading.Lock()
 
     def log(self, rows: Iterable[dict[str, Any]], probabilities: Iterable[float], labels: Iterable[int], version: str,
             request_id: str, entities: Iterable[str | None] | None = None, now: datetime | None = None) -> None:
-        ts = (now or datetime.now(timezone.utc)).isoformat()
+        at = now or datetime.now(timezone.utc)
+        ts = at.isoformat()
         entity_list = list(entities) if entities is not None else None
         lines = []
         for i, (row, p, lab) in enumerate(zip(rows, probabilities, labels)):
@@ -74,31 +78,34 @@ class RequestLogWriter:
                 continue
             lines.append(encode(ts, request_id, self.model, version, row, float(p), int(lab),
                                 entity_list[i] if entity_list else None))
-        self.append(lines)
+        self.append(lines, at)
 
-    def append(self, lines: list[bytes]) -> None:
-        """Buffer encoded lines (from `encode`); cheap enough for an event loop when flush_every is None."""
+    def append(self, lines: list[bytes], at: datetime) -> None:
+        """Buffer encoded lines (from `encode`) whose timestamp is `at`; cheap enough for an event loop when
+        flush_every is None."""
         if not lines:
             return
+        utc = at.astimezone(timezone.utc)
+        key = f"date={utc:%Y-%m-%d}/hour={utc:%H}"
         with self._lock:
-            self._buffer.extend(lines)
-            full = self.flush_every is not None and len(self._buffer) >= self.flush_every
+            self._buffer.setdefault(key, []).extend(lines)
+            self._pending += len(lines)
+            full = self.flush_every is not None and self._pending >= self.flush_every
         if full:
             self.flush()
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return self._pending
 
     def flush(self) -> None:
         with self._lock:  # swap under the lock, write outside it: appends never wait for I/O
-            lines, self._buffer = self._buffer, []
-        if lines:
-            self._write(lines)
+            parts, self._buffer, self._pending = self._buffer, {}, 0
+        for key, lines in sorted(parts.items()):
+            self._write(key, lines)
 
-    def _write(self, lines: list[bytes]) -> None:
-        now = datetime.now(timezone.utc)
-        part = f"date={now:%Y-%m-%d}/hour={now:%H}/{self._writer_id}.jsonl"
+    def _write(self, key: str, lines: list[bytes]) -> None:
+        part = f"{key}/{self._writer_id}.jsonl"
         if storage.is_s3(self.root):
             # S3 has no append: each flush is its own object.
             storage.write_bytes(storage.join(self.root, self.model, part.replace(".jsonl", f"-{uuid.uuid4().hex[:8]}.jsonl")),

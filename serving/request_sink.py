@@ -41,7 +41,7 @@ class _Item:
     labels: np.ndarray
     version: str
     request_id: str
-    ts: str
+    at: datetime
 
 
 class RequestLogSink:
@@ -88,13 +88,14 @@ class RequestLogSink:
         if self.writer.pending + self._queued_rows + n > self._max_pending:
             self._dropped.inc(n)
             return
-        ts = datetime.now(timezone.utc).isoformat()
+        at = datetime.now(timezone.utc)
         if n <= self.inline_rows:
-            self.writer.append(self._encode(batch, probabilities, labels, version, request_id, ts, self._sample(n)))
+            self.writer.append(self._encode(batch, probabilities, labels, version, request_id, at.isoformat(),
+                                            self._sample(n)), at)
         else:
             with self._count_lock:
                 self._queued_rows += n
-            self._queued.append(_Item(batch, probabilities, labels, version, request_id, ts))  # atomic under the GIL
+            self._queued.append(_Item(batch, probabilities, labels, version, request_id, at))  # atomic under the GIL
 
     def close(self, timeout: float = 10.0) -> None:
         thread, self._thread = self._thread, None
@@ -138,7 +139,8 @@ class RequestLogSink:
                 rows = rows_for_log(item.batch, self.features, self.numeric) if keep else []
                 for start in range(0, len(keep), _CHUNK):
                     self.writer.append(self._encode(item.batch, item.probabilities, item.labels, item.version,
-                                                    item.request_id, item.ts, keep[start:start + _CHUNK], rows))
+                                                    item.request_id, item.at.isoformat(), keep[start:start + _CHUNK], rows),
+                                       item.at)
                     if yield_gil:
                         time.sleep(0)  # let the event loop run between chunks
             except Exception:  # a bad record must not stop the logger thread

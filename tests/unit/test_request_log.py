@@ -42,6 +42,20 @@ def test_writer_round_trips_through_read_window(tmp_path: Path) -> None:
     assert frame["entity"].tolist()[0] == "x" and frame["label"].tolist() == [0, 1]
 
 
+def test_lines_land_in_the_partition_of_their_own_time_not_the_flush_time(tmp_path: Path) -> None:
+    """A backfill (or a flush just past midnight) must be found by a reader of the rows' own time window."""
+    writer = RequestLogWriter(str(tmp_path), MODEL, flush_every=None)
+    yesterday = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0) - timedelta(days=1, hours=1)
+    writer.log([{"amount": 1.0}], [0.2], [0], version="1", request_id="old", now=yesterday)
+    writer.log([{"amount": 2.0}], [0.8], [1], version="1", request_id="new")
+    assert writer.pending == 2
+    writer.flush()
+    assert (tmp_path / MODEL / f"date={yesterday:%Y-%m-%d}" / f"hour={yesterday:%H}").is_dir()
+    old = read_window(str(tmp_path), MODEL, yesterday - timedelta(minutes=1), yesterday + timedelta(minutes=1))
+    assert old["request_id"].tolist() == ["old"]
+    assert read_window(str(tmp_path), MODEL, *_window(tmp_path))["request_id"].tolist() == ["new"]
+
+
 def test_sink_logs_small_requests_inline_and_large_batches_from_its_thread(tmp_path: Path) -> None:
     schema = Schema(("amount",), ("channel",))
     sink = RequestLogSink(str(tmp_path), MODEL, schema.names, schema.numeric, flush_interval_s=3600, inline_rows=4)
