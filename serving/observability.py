@@ -48,7 +48,7 @@ def metrics() -> Metrics:
                 rows=Counter("mlwf_inference_rows", "Rows scored", ["model", "version"]),
                 lookups=Counter("mlwf_online_lookups", "Entity keys looked up in the online store", ["model", "result"]),
                 request_log_dropped=Counter("mlwf_request_log_dropped_rows", "Request-log rows dropped (queue full)", ["model"]),
-                request_log_errors=Counter("mlwf_request_log_write_errors", "Request-log flushes that failed", ["model"]),
+                request_log_errors=Counter("mlwf_request_log_write_errors", "Request-log records or flushes that failed", ["model"]),
             )
         return _METRICS
 

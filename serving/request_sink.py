@@ -90,8 +90,13 @@ class RequestLogSink:
             return
         at = datetime.now(timezone.utc)
         if n <= self.inline_rows:
-            self.writer.append(self._encode(batch, probabilities, labels, version, request_id, at.isoformat(),
-                                            self._sample(n)), at)
+            try:
+                lines = self._encode(batch, probabilities, labels, version, request_id, at.isoformat(), self._sample(n))
+            except Exception:  # the request was answered; a record that cannot be logged must not turn it into a 500
+                self._errors.inc()
+                log.exception("request log: could not record request %s", request_id)
+                return
+            self.writer.append(lines, at)
         else:
             with self._count_lock:
                 self._queued_rows += n

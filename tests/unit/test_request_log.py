@@ -87,3 +87,18 @@ def test_sink_drops_and_counts_rows_beyond_its_bound(tmp_path: Path) -> None:
 def test_sink_rejects_a_bad_sample_rate(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sample rate"):
         RequestLogSink(str(tmp_path), MODEL, ["amount"], ["amount"], sample_rate=1.5)
+
+
+def test_a_record_that_cannot_be_encoded_is_counted_and_never_fails_the_request(tmp_path: Path, monkeypatch) -> None:
+    schema = Schema(("amount",), ())
+    sink = RequestLogSink(str(tmp_path), MODEL, schema.names, schema.numeric, flush_interval_s=3600)
+    sink.start()
+    errors = sink._errors._value.get()
+
+    def broken(*args, **kwargs):
+        raise TypeError("unserialisable")
+
+    monkeypatch.setattr(sink, "_encode", broken)
+    sink.submit(columns_from_rows([{"amount": 1.0}], schema), np.array([0.5]), np.array([1]), "v1", "r")  # no raise
+    assert sink._errors._value.get() - errors == 1 and sink.writer.pending == 0
+    sink.close()
