@@ -206,6 +206,16 @@ def decide(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[s
 
 # --- the champion, the baseline, feature importance -----------------------------------------------------
 
+def load_champion(client: Any, model_name: str, candidate_version: str) -> tuple[Any, bundle_lib.Bundle] | None:
+    """The registry's champion (its model version and loaded bundle), or None when there is none or it is the
+    candidate itself. The bundle is loaded whole into memory, so the download directory does not outlive this."""
+    version = tracking.alias_version(client, model_name, "champion")
+    if version is None or str(version.version) == str(candidate_version):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return version, bundle_lib.load(tracking.download_bundle(client, version, tmp))
+
+
 def expected_prediction_shift(client: Any, model_name: str, candidate_version: str, candidate: Any,
                               rows: pd.DataFrame) -> tuple[float, str | None]:
     """(PSI between the champion's and the candidate's scores on `rows`, champion version): the shift a canary
@@ -213,11 +223,10 @@ def expected_prediction_shift(client: Any, model_name: str, candidate_version: s
     comparable champion. The rollout fails only on a shift well beyond this one (RolloutPolicy.expected_psi)."""
     from components.rollout import prediction_psi
 
-    version = tracking.alias_version(client, model_name, "champion")
-    if version is None or str(version.version) == str(candidate_version) or rows.empty:
+    found = load_champion(client, model_name, candidate_version) if not rows.empty else None
+    if found is None:
         return 0.0, None
-    with tempfile.TemporaryDirectory() as tmp:
-        champion = bundle_lib.load(tracking.download_bundle(client, version, tmp))
+    version, champion = found
     if [f for f in champion.feature_names if f not in rows.columns]:
         return 0.0, None
     theirs = champion.predict_proba(bundle_lib.columns_from_frame(rows, champion.feature_names))
@@ -228,17 +237,16 @@ def expected_prediction_shift(client: Any, model_name: str, candidate_version: s
 def champion_scores(client: Any, model_name: str, candidate_version: str, test: pd.DataFrame,
                     latency_rows: int = 200) -> tuple[dict[str, Any], np.ndarray | None] | None:
     """The current champion scored on this same test set, or None when there is no champion yet."""
-    version = tracking.alias_version(client, model_name, "champion")
-    if version is None or str(version.version) == str(candidate_version):
+    found = load_champion(client, model_name, candidate_version)
+    if found is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        champion = bundle_lib.load(tracking.download_bundle(client, version, tmp))
-        missing = [f for f in champion.feature_names if f not in test.columns]
-        if missing:
-            return {"version": str(version.version), "comparable": False, "why": f"champion needs features {missing}"}, None
-        columns = bundle_lib.columns_from_frame(test, champion.feature_names)
-        p = champion.predict_proba(columns)
-        latency = bundle_lib.per_row_latency_ms(champion, columns, rows=latency_rows)
+    version, champion = found
+    missing = [f for f in champion.feature_names if f not in test.columns]
+    if missing:
+        return {"version": str(version.version), "comparable": False, "why": f"champion needs features {missing}"}, None
+    columns = bundle_lib.columns_from_frame(test, champion.feature_names)
+    p = champion.predict_proba(columns)
+    latency = bundle_lib.per_row_latency_ms(champion, columns, rows=latency_rows)
     info = {"version": str(version.version), "comparable": True, "threshold": champion.threshold,
             "latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"]}
     return info, p
