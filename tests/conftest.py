@@ -63,3 +63,19 @@ def ingest_frame(spec, source: Path, state: Path) -> pd.DataFrame:
     out = source.parent / f"{source.stem}-ingested.parquet"
     ingest(spec, str(source), str(out), str(state))
     return pd.read_parquet(out)
+
+
+def assert_whole_files(*roots: Path) -> None:
+    """Every file under a final name parses completely; temporary names (dot-prefixed) are the only partial ones."""
+    import json
+
+    for root in roots:
+        for path in root.rglob("*"):
+            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".parquet" or path.name in ("raw", "valid", "quarantine"):
+                pd.read_parquet(path)
+            elif path.suffix == ".html":
+                assert path.read_text().rstrip().endswith("</html>"), f"truncated report {path}"

@@ -21,7 +21,7 @@ from components import ingest as ingest_module
 from components import lineage, storage
 from components.step_logic import ingest_step, validate_step
 from pipelines.cli import main
-from tests.conftest import make_csv
+from tests.conftest import assert_whole_files, make_csv
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +151,7 @@ def test_a_write_that_fails_half_way_leaves_no_partial_output(tmp_path, state_di
             run_steps(folder, tmp_path / f"killed{k}", f"killed-{k}")
         monkeypatch.setattr(os, "replace", real_replace)
         monkeypatch.setattr(os, "link", real_link)
-        assert_no_partial_files(tmp_path)
+        assert_whole_files(tmp_path)
         # the rerun converges: the same rows as a run that was never interrupted, and reruns are stable
         again = run_steps(folder, tmp_path / f"after{k}", "after")
         pd.testing.assert_frame_equal(pd.read_parquet(again["valid"].path), pd.read_parquet(reference["valid"].path))
@@ -159,17 +159,6 @@ def test_a_write_that_fails_half_way_leaves_no_partial_output(tmp_path, state_di
         once_more = run_steps(folder, tmp_path / f"again{k}", "again")
         for name in ("raw", "valid", "quarantine"):
             assert read_bytes(once_more, name) == read_bytes(again, name), (k, name)
-
-
-def assert_no_partial_files(root: Path) -> None:
-    """Every file under its final name is complete; temporary names are hidden (dot-prefixed)."""
-    for path in root.rglob("*"):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        if path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix == ".parquet" or path.name in ("raw", "valid", "quarantine"):
-            pd.read_parquet(path)
 
 
 KILLED_INGEST = """
@@ -192,7 +181,7 @@ def test_a_killed_ingest_leaves_nothing_partial_and_a_rerun_converges(tmp_path, 
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert_no_partial_files(tmp_path)
+    assert_whole_files(tmp_path)
     if out.exists():
         assert len(pd.read_parquet(out)) == 240_000  # whole or absent
     from components.ingest import ingest

@@ -12,7 +12,6 @@ process (modules already imported), so each kill lands in the writing, not in se
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import random
@@ -24,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import make_csv
+from tests.conftest import assert_whole_files, make_csv
 
 pytestmark = pytest.mark.integration
 DATASET = "transactions"
@@ -67,20 +66,6 @@ def _tree(*roots: Path) -> dict[str, str]:
             if path.is_file() and not any(part.startswith(".") for part in rel.parts):
                 out[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
-
-
-def _assert_whole(*roots: Path) -> None:
-    """Every file under a final name parses completely."""
-    for root in roots:
-        for path in root.rglob("*"):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
-            if path.suffix == ".json":
-                json.loads(path.read_text())
-            elif path.suffix == ".parquet" or path.name in ("raw", "valid", "quarantine"):
-                pd.read_parquet(path)
-            elif path.suffix == ".html":
-                assert path.read_text().rstrip().endswith("</html>"), f"truncated report {path}"
 
 
 def test_sigkill_while_validate_and_features_write_then_rerun_gives_identical_outputs(tmp_path, state_dir):
@@ -138,7 +123,7 @@ def test_sigkill_while_validate_and_features_write_then_rerun_gives_identical_ou
         fresh()
         code = run(kill_at_files=target)
         assert code == -9, f"trial {trial}: the writers were not killed mid-run (exit {code})"
-        _assert_whole(state, out)
+        assert_whole_files(state, out)
         assert run() == 0, f"trial {trial}: the rerun after a kill at file {target - inputs} of {outputs} failed"
         got = _tree(state, out)
         assert got == reference, (f"trial {trial} (killed at file {target - inputs} of {outputs}): outputs differ from "
