@@ -20,7 +20,7 @@ MLWF_PLATFORM ?=
 IMAGES_RECORD := build/images.json
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools demo test test-unit test-integration test-contract compile images bench bench-quick stop clean
+.PHONY: help install tools demo test test-unit test-integration test-contract compile images bench bench-quick stop clean crds
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -77,6 +77,10 @@ drift-demo: $(STAMP) ## Replay drifted traffic to the served champion (after mak
 
 rollout-demo: $(STAMP) ## Canary a deliberately broken model against the demo's champion and watch it rolled back (BROKEN=errors|slow)
 	$(BIN)/mlwf rollout-demo --broken $(or $(BROKEN),errors)
+
+crds: $(STAMP) ## Re-extract manifests/crds/schemas from upstream CRD files: make crds CRD_SOURCE=<folder> (see manifests/crds/PROVENANCE.md)
+	@test -n "$(CRD_SOURCE)" || { echo "usage: make crds CRD_SOURCE=<folder of upstream CRD YAMLs, one subfolder per project>" >&2; exit 2; }
+	$(BIN)/python manifests/crds/extract.py --source '$(CRD_SOURCE)'
 
 stop: $(STAMP) ## Stop the local model server started by the demo
 	$(BIN)/mlwf stop

@@ -3,8 +3,8 @@
 It records every request (method, path, content type, JSON body), serves GET/POST/PATCH/PUT under
 /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices[/{name}], and answers anything else with a
 4xx that it also records in `rejections`, so a client that strays fails loudly. Every object it stores is
-validated against the InferenceService CRD from ../shared/schemas/kserve, strictly (unknown fields are
-rejected, like `kubectl --validate=strict`), so a misspelt field is a 422 rather than silently pruned.
+validated against the InferenceService CRD schema carried in manifests/crds/schemas, strictly (unknown fields
+are rejected, like `kubectl --validate=strict`), so a misspelt field is a 422 rather than silently pruned.
 
 Status plays back what KServe's controller does: a spec change bumps metadata.generation, and only after
 `ready_after` GETs does status catch up (observedGeneration, Ready, revisions, traffic, canaryStatuses).
@@ -23,14 +23,12 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
-ISVC_CRD = SCHEMAS / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+from tests.contract.manifest_tools import crd_validator
+
 PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([a-z0-9-]+)/inferenceservices(?:/([a-z0-9-]+))?$")
 CONTENT_TYPES = {"POST": "application/json", "PUT": "application/json", "PATCH": "application/merge-patch+json"}
 
@@ -57,29 +55,9 @@ class _Controller:
     previous_rolled_out: str | None = None
 
 
-def _strict(node: Any) -> Any:
-    """Drop x-kubernetes-* keys; close every object schema that lists its properties (strict field validation)."""
-    if isinstance(node, list):
-        return [_strict(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _strict(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    if "properties" in out and "additionalProperties" not in out and not node.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
-
-
-@lru_cache(maxsize=1)
 def isvc_validator() -> Any:
-    import jsonschema
-    import yaml
-
-    if not ISVC_CRD.exists():
-        raise FileNotFoundError(f"InferenceService CRD schema not found at {ISVC_CRD}: the contract tests need it")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is 2 MB: libyaml reads it ~5x faster
-    crd = yaml.load(ISVC_CRD.read_text(), Loader=loader)
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
-    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+    """The strict InferenceService v1beta1 validator; raises (never skips) when its carried schema is missing."""
+    return crd_validator("serving.kserve.io", "v1beta1", "InferenceService")
 
 
 def validation_errors(obj: Any) -> list[str]:

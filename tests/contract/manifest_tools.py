@@ -2,8 +2,10 @@
 Pod templates against the Pod Security Standards "restricted" profile. No cluster needed.
 
 - Core kinds: kubernetes-validate's strict JSON schemas (unknown fields are errors, as with `kubectl apply`).
-- Custom resources: jsonschema against the CRDs in ../shared/schemas (x-kubernetes-* keys stripped; objects
-  without x-kubernetes-preserve-unknown-fields made closed, since kubectl's default field validation is strict).
+- Custom resources: jsonschema against the CRD schemas carried in manifests/crds/schemas (extracted from the
+  upstream CRDs by manifests/crds/extract.py; x-kubernetes-* keys stripped here; objects without
+  x-kubernetes-preserve-unknown-fields made closed, since kubectl's default field validation is strict).
+  crd_schema/crd_validator are the one loader of those files; tests/k8s_stub.py uses them too.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
+CRDS = MANIFESTS / "crds"  # the CRD schemas the project carries, with their provenance
+SCHEMAS = CRDS / "schemas"
 K8S_VERSION = "1.30"
 
-# apiVersion groups whose kinds kubernetes-validate knows; everything else must have a CRD in SCHEMAS.
+# apiVersion groups whose kinds kubernetes-validate knows; everything else must have a carried schema in SCHEMAS.
 CORE_GROUPS = frozenset(
     {"", "apps", "batch", "policy", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io", "storage.k8s.io",
      "scheduling.k8s.io", "coordination.k8s.io", "admissionregistration.k8s.io", "apiextensions.k8s.io"}
@@ -128,41 +131,41 @@ def _close(schema: Any) -> Any:
     return out
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads the big CRDs ~7x faster
+def crd_schema_file(group: str, version: str, kind: str) -> Path:
+    """Where the carried openAPIV3Schema of a kind lives (manifests/crds/extract.py writes it there)."""
+    return SCHEMAS / group / version / f"{kind}.json"
 
 
 @functools.lru_cache(maxsize=None)
-def _crd_file_schemas(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    out: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for doc in yaml.load_all(path.read_text(), Loader=_LOADER):
-        if not doc or doc.get("kind") != "CustomResourceDefinition":
-            continue
-        spec = doc["spec"]
-        for version in spec["versions"]:
-            schema = version.get("schema", {}).get("openAPIV3Schema")
-            if schema:
-                out[(spec["group"], version["name"], spec["names"]["kind"])] = _close(schema)
-    return out
+def crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
+    """The carried openAPIV3Schema of a custom resource, made strict (see _close). Shared: do not mutate it.
+
+    A missing file is an error, never a skip: every kind the project renders must have its schema carried."""
+    path = crd_schema_file(group, version, kind)
+    if not path.is_file():
+        raise ManifestError(
+            f"no carried CRD schema for {group}/{version} {kind}: {path} is missing. Add the kind to KINDS in "
+            f"manifests/crds/extract.py and run `make crds CRD_SOURCE=<upstream CRD folder>` (see {CRDS / 'PROVENANCE.md'})"
+        )
+    return _close(json.loads(path.read_text(encoding="utf-8")))
 
 
-def crd_schema(group: str, version: str, kind: str) -> dict[str, Any] | None:
-    """The openAPIV3Schema of a CRD under SCHEMAS; only files named `<group>_*.yaml` are parsed."""
-    if not SCHEMAS.is_dir():
-        raise ManifestError(f"CRD schemas not found at {SCHEMAS} (shared/schemas beside the repository)")
-    for path in sorted(SCHEMAS.rglob(f"{group}_*.yaml")):
-        schema = _crd_file_schemas(path).get((group, version, kind))
-        if schema is not None:
-            return schema
-    return None
+@functools.lru_cache(maxsize=None)
+def crd_validator(group: str, version: str, kind: str) -> Any:
+    """A Draft 7 validator of the whole object (metadata included) against the strict carried schema."""
+    import jsonschema
+
+    return jsonschema.Draft7Validator(crd_schema(group, version, kind))
 
 
 def validate_custom(obj: dict[str, Any]) -> None:
     import jsonschema
 
     group, version = obj["apiVersion"].split("/", 1)
-    schema = crd_schema(group, version, obj["kind"])
-    if schema is None:
-        raise ManifestError(f"{ident(obj)}: no CRD schema for {obj['apiVersion']} {obj['kind']} under {SCHEMAS}")
+    try:
+        schema = crd_schema(group, version, obj["kind"])
+    except ManifestError as exc:
+        raise ManifestError(f"{ident(obj)}: {exc}") from exc
     # metadata is validated by the API server, not by the CRD: check just the shape here.
     body = {k: v for k, v in obj.items() if k != "metadata"}
     closed = dict(schema, properties={k: v for k, v in schema.get("properties", {}).items() if k != "metadata"})

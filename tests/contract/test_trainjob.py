@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,22 +19,15 @@ from components import bundle as bundle_lib
 from components import distributed, trainjob
 from components.settings import get_settings
 from components.train import TrainParams
-from tests.k8s_stub import SCHEMAS, _strict
+from tests.contract.manifest_tools import crd_validator
 from tests.unit.test_distributed import SPEC
 from tests.unit.test_train_and_bundle import synthetic
 
-TRAINJOB_CRD = SCHEMAS / "trainer.kubeflow.org" / "trainer.kubeflow.org_trainjobs.yaml"
 PATH = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([a-z0-9-]+)/trainjobs(?:/([a-z0-9.-]+))?$")
 
 
-@lru_cache(maxsize=1)
 def validator() -> Any:
-    import jsonschema
-    import yaml
-
-    crd = yaml.load(TRAINJOB_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+    return crd_validator(trainjob.GROUP, trainjob.VERSION, trainjob.KIND)
 
 
 def errors(obj: Any) -> list[str]:
