@@ -52,6 +52,10 @@ class Settings:
     canary_p99_slack_ms: float = 25.0  # MLWF_CANARY_P99_SLACK_MS
     canary_max_psi: float = 0.25  # MLWF_CANARY_MAX_PSI: PSI between canary and stable predictions
     prometheus_url: str = ""  # MLWF_PROMETHEUS_URL: the cluster analysis queries it (required on a cluster)
+    # The image this step's container runs. `mlwf compile` writes it into every step of the package (container
+    # env), so it is the pod's image exactly; empty outside a compiled package (kfp.local, a direct call).
+    step_image: str = ""  # MLWF_STEP_IMAGE: set by the package, not by hand
+    kfp_ui_url: str = ""  # MLWF_KFP_UI_URL: the KFP UI, e.g. https://kubeflow.example.com/pipeline; links MLflow runs to pipeline runs
 
     @property
     def is_local(self) -> bool:
@@ -150,4 +154,6 @@ def get_settings() -> Settings:
         canary_p99_slack_ms=float(_env("MLWF_CANARY_P99_SLACK_MS", "25")),
         canary_max_psi=float(_env("MLWF_CANARY_MAX_PSI", "0.25")),
         prometheus_url=_env("MLWF_PROMETHEUS_URL", ""),
+        step_image=_env("MLWF_STEP_IMAGE", ""),
+        kfp_ui_url=_env("MLWF_KFP_UI_URL", ""),
     )

@@ -133,7 +133,7 @@ def features_step(dataset_spec: str, valid: Any, train_set: Any, test_set: Any) 
 
 
 def train_step(dataset_spec: str, train_set: Any, feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Any, metrics: Any,
-               nodes: int = 1, gpus_per_node: int = 1) -> tuple[str, str]:
+               nodes: int = 1, gpus_per_node: int = 1, pipeline_run: str = "", pipeline_run_name: str = "") -> tuple[str, str]:
     _setup_logging()
     from components.spec import load_spec
     from components.train import TrainParams
@@ -142,7 +142,8 @@ def train_step(dataset_spec: str, train_set: Any, feature_service: str, dataset_
     started = time.perf_counter()
     spec = load_spec(dataset_spec)
     out = run_training_step(spec, train_set.path, model.path, TrainParams(epochs=int(epochs), seed=int(seed)), feature_service, dataset_fingerprint,
-                            nodes=int(nodes), gpus_per_node=int(gpus_per_node))
+                            nodes=int(nodes), gpus_per_node=int(gpus_per_node), pipeline_run=pipeline_run,
+                            pipeline_run_name=pipeline_run_name)
     model.metadata.update({k: v for k, v in out.items() if isinstance(v, (str, int, float, bool))})
     model.metadata["framework"] = "pytorch (torch.export bundle)"
     _log_metrics(metrics, {k: out[k] for k in ("val_roc_auc", "epochs", "world_size") if k in out})
@@ -152,8 +153,12 @@ def train_step(dataset_spec: str, train_set: Any, feature_service: str, dataset_
 
 def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, version: str, dataset_spec: str, gate_policy: str,
                   min_roc_auc: float, max_p99_latency_ms: float, max_regression: float,
-                  metrics: Any, roc: Any, report: Any, model_card: Any) -> bool:
-    """Judge the version by its gate policy; record the verdict, report and model card; `challenger` on pass only."""
+                  metrics: Any, roc: Any, report: Any, model_card: Any, verdict: Any = None, pipeline_run: str = "") -> bool:
+    """Judge the version by its gate policy; record the verdict, report and model card; `challenger` on pass only.
+
+    The verdict (PASS/FAIL, each check and the key metrics) goes to the `verdict` Markdown output, the MLflow
+    run and the registered version's description, so a failed gate shows wherever someone looks at this run.
+    """
     _setup_logging()
     from pathlib import Path
 
@@ -166,8 +171,10 @@ def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, ve
     from components.policy import policy_for_run
     from components.settings import get_settings
     from components.spec import load_spec
+    from components.verdict import evaluation_summary, verdict_markdown
 
     started = time.perf_counter()
+    pipeline_run = tracking.pipeline_run_id(pipeline_run)
     spec = load_spec(dataset_spec)
     policy = policy_for_run(gate_policy, dataset_spec, spec.name, float(min_roc_auc), float(max_p99_latency_ms), float(max_regression))
     client = tracking.configure(get_settings())
@@ -185,24 +192,34 @@ def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, ve
         roc.log_confusion_matrix(["negative", "positive"], ev.curves["confusion"])
     page = report_html(ev, model_name, version)
     card = full_card(Path(model.path, bundle_lib.CARD).read_text(), ev, model_name, version)
+    verdict_text = verdict_markdown(ev, model_name, version, pipeline_run)
     storage.write_bytes(report.path, page.encode())
     storage.write_bytes(model_card.path, card.encode())
+    if verdict is not None:
+        storage.write_bytes(verdict.path, verdict_text.encode())
     mv = client.get_model_version(model_name, version)
     import mlflow
 
     with mlflow.start_run(run_id=mv.run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in finite.items()})
         mlflow.log_text(json.dumps(ev.summary(), indent=2, default=str), "evaluation/gate.json")
+        mlflow.log_text(verdict_text, "evaluation/verdict.md")
         mlflow.log_text(page, "evaluation/report.html")
         mlflow.log_text(card, "model_card.md")  # the full card: training-time card + this evaluation
+        # On the run too, so the runs table can show the verdict as a column; a version reused by a later
+        # pipeline run is re-evaluated there, and this names the latest one.
+        mlflow.set_tags({"mlwf.gate": "passed" if ev.passed else "failed",
+                         **({"mlwf.evaluation_pipeline_run": pipeline_run} if pipeline_run else {})})
+    client.update_model_version(model_name, version, description=tracking.with_evaluation(mv.description or "", evaluation_summary(ev, pipeline_run)))
     client.set_model_version_tag(model_name, version, "mlwf.gate", "passed" if ev.passed else "failed")
     client.set_model_version_tag(model_name, version, "mlwf.gate_reasons", "; ".join(ev.reasons)[:4000] or "none")
     client.set_model_version_tag(model_name, version, "mlwf.gate_policy", f"{policy.source} v{policy.version} sha256:{policy.fingerprint()[:16]}"[:4000])
     if ev.passed:  # a fail changes no alias; `champion` moves only after a successful deploy
         client.set_registered_model_alias(model_name, "challenger", version)
     reasons = "; ".join(ev.reasons) or "all checks passed"
-    for artifact in (report, model_card):
-        artifact.metadata.update({"passed": ev.passed, "reasons": reasons, "policy_version": policy.version})
+    for artifact in (report, model_card, verdict):
+        if artifact is not None:
+            artifact.metadata.update({"passed": ev.passed, "reasons": reasons, "policy_version": policy.version})
     log.info("evaluate: gate %s for %s v%s (%s) in %.1fs", "PASSED" if ev.passed else "FAILED", model_name, version, reasons, time.perf_counter() - started)
     return bool(ev.passed)
 

@@ -14,7 +14,20 @@ from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 PLACEHOLDER_IMAGE = "mlwf/components:placeholder"
+STEP_IMAGE_ENV = "MLWF_STEP_IMAGE"  # read back as Settings.step_image
 _component = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+
+
+def stamp_image(container: dict, image: str) -> None:
+    """Write the components image into a compiled executor's container, and tell the step which image it is.
+
+    A step cannot cheaply read its own pod's image, so the package says it: the same value as the container's
+    image, in its environment (KFP's driver puts `container.env` on the pod). The pipeline definition never sets
+    it, so a kfp.local run of it has none and records no image.
+    """
+    container["image"] = image
+    env = [e for e in container.get("env", []) if e.get("name") != STEP_IMAGE_ENV]
+    container["env"] = [*env, {"name": STEP_IMAGE_ENV, "value": image}]
 
 
 @_component
@@ -46,31 +59,43 @@ def features_op(dataset_spec: str, valid: Input[Dataset], train_set: Output[Data
 
 
 @_component
-def train_op(dataset_spec: str, train_set: Input[Dataset], feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Output[Model], metrics: Output[Metrics], nodes: int = 1, gpus_per_node: int = 1) -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
+def train_op(dataset_spec: str, train_set: Input[Dataset], feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Output[Model], metrics: Output[Metrics], nodes: int = 1, gpus_per_node: int = 1, pipeline_run: str = "", pipeline_run_name: str = "") -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
     """PyTorch on CUDA when present (DDP over every GPU of the pod), tracked in MLflow; writes the sealed model bundle.
 
     `nodes` > 1 trains in a Kubeflow Trainer TrainJob of that many nodes with `gpus_per_node` GPUs each.
+    `pipeline_run` and `pipeline_run_name` (the KFP run's id and name) name the MLflow run and link it back.
     """
     from collections import namedtuple
 
     from components.step_logic import train_step
 
-    name, version = train_step(dataset_spec, train_set, feature_service, dataset_fingerprint, epochs, seed, model, metrics, nodes, gpus_per_node)
+    name, version = train_step(dataset_spec, train_set, feature_service, dataset_fingerprint, epochs, seed, model, metrics, nodes, gpus_per_node,
+                               pipeline_run=pipeline_run, pipeline_run_name=pipeline_run_name)
     return namedtuple("TrainOutputs", ["model_name", "version"])(name, version)
 
 
 @_component
-def evaluate_op(model: Input[Model], train_set: Input[Dataset], test_set: Input[Dataset], model_name: str, version: str, dataset_spec: str, gate_policy: str, min_roc_auc: float, max_p99_latency_ms: float, max_regression: float, metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML], model_card: Output[Markdown]) -> bool:
+def evaluate_op(model: Input[Model], train_set: Input[Dataset], test_set: Input[Dataset], model_name: str, version: str, dataset_spec: str, gate_policy: str, min_roc_auc: float, max_p99_latency_ms: float, max_regression: float, metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML], model_card: Output[Markdown], verdict: Output[Markdown], pipeline_run: str = "") -> bool:
     """Judge the version by its gate policy (thresholds, latency, slices, champion); baseline beside it. Returns the gate.
 
     `gate_policy` names the policy file (empty: the one beside the dataset spec); a non-negative
     `min_roc_auc`, `max_p99_latency_ms` or `max_regression` overrides that value of the file.
     A single bool output on purpose: kfp.local resolves a condition on a task's `Output` but silently
-    skips a branch whose condition names a NamedTuple field. The reasons are in the report and MLflow.
+    skips a branch whose condition names a NamedTuple field. The reasons are in `verdict`, the report and MLflow.
+
+    Args:
+        pipeline_run: The KFP run id, recorded with the verdict in MLflow.
+
+    Returns:
+        verdict: PASS or FAIL with every check's reason and the key test metrics, written for a failing gate too.
+        report: The full evaluation report: curves, slices, champion and baseline, feature importance.
+        model_card: The bundle's model card followed by this evaluation.
+        Output: Whether the version passed the gate (deploy runs only then).
     """
     from components.step_logic import evaluate_step
 
-    return evaluate_step(model, train_set, test_set, model_name, version, dataset_spec, gate_policy, min_roc_auc, max_p99_latency_ms, max_regression, metrics, roc, report, model_card)
+    return evaluate_step(model, train_set, test_set, model_name, version, dataset_spec, gate_policy, min_roc_auc, max_p99_latency_ms, max_regression,
+                         metrics, roc, report, model_card, verdict=verdict, pipeline_run=pipeline_run)
 
 
 @_component

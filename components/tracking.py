@@ -8,6 +8,7 @@ after a successful deployment.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass
@@ -18,6 +19,13 @@ from components.settings import Settings
 
 INPUTS_TAG = "mlwf.inputs_fingerprint"
 BUNDLE_TAG = "mlwf.bundle_sha256"
+PIPELINE_RUN_TAG = "mlwf.pipeline_run"  # the KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER), as ingest records it
+PIPELINE_RUN_NAME_TAG = "mlwf.pipeline_run_name"  # locally: the run's directory under <state>/kfp
+PIPELINE_RUN_URL_TAG = "mlwf.pipeline_run_url"  # on a cluster with MLWF_KFP_UI_URL: the run's page in the KFP UI
+IMAGE_TAG = "mlwf.image"
+DESCRIPTION_LIMIT = 5000  # model_versions.description is VARCHAR(5000) in MLflow's SQL stores (SQLite alone ignores it)
+
+log = logging.getLogger(__name__)
 
 
 def configure(settings: Settings) -> Any:
@@ -112,3 +120,63 @@ def download_bundle(client: Any, version: Any, target: str) -> str:
     import mlflow
 
     return str(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=target))
+
+
+# --- names and links that say what a run is ---------------------------------------------------------------
+
+def pipeline_run_id(value: str) -> str:
+    """The KFP run id a step was given, or "" when there is none (a direct call) or the runner left the
+    placeholder unresolved: a tag or link built from `{{$.pipeline_job_uuid}}` would lead nowhere."""
+    value = (value or "").strip()
+    if "{{" in value:
+        log.warning("pipeline run id placeholder was not resolved (%s): not recorded", value)
+        return ""
+    return value
+
+
+def short_run_id(pipeline_run: str) -> str:
+    """What a person reads and types: the first 8 characters of a KFP run UUID (kfp.local's ids are 8 digits)."""
+    return pipeline_run.split("-", 1)[0][:8]
+
+
+def run_name(dataset: str, version: str | None = None, pipeline_run: str = "") -> str:
+    """`transactions · candidate v3 · run 1a2b3c4d`: the dataset, the registered version the run produced
+    ("training" until it is registered, at the very end of the run) and the pipeline run that made it."""
+    parts = [dataset, f"candidate v{version}" if version else "training"]
+    if pipeline_run:
+        parts.append(f"run {short_run_id(pipeline_run)}")
+    return " · ".join(parts)
+
+
+def pipeline_run_url(kfp_ui_url: str, pipeline_run: str) -> str:
+    """The run's page in the KFP UI (`<ui>/#/runs/details/<uuid>`, behind the Kubeflow dashboard too), or ""."""
+    if not kfp_ui_url or not pipeline_run:
+        return ""
+    return f"{kfp_ui_url.rstrip('/')}/#/runs/details/{pipeline_run}"
+
+
+def pipeline_run_tags(settings: Settings, pipeline_run: str, pipeline_run_name: str = "") -> dict[str, str]:
+    """Tags linking an MLflow run to the pipeline run that made it. The URL only on a cluster: a kfp.local
+    run id exists in no KFP UI."""
+    tags: dict[str, str] = {}
+    pipeline_run = pipeline_run_id(pipeline_run)
+    if pipeline_run:
+        tags[PIPELINE_RUN_TAG] = pipeline_run
+        url = "" if settings.is_local else pipeline_run_url(settings.kfp_ui_url, pipeline_run)
+        if url:
+            tags[PIPELINE_RUN_URL_TAG] = url
+    name = pipeline_run_id(pipeline_run_name)
+    if name:
+        tags[PIPELINE_RUN_NAME_TAG] = name
+    return tags
+
+
+def with_evaluation(description: str, evaluation: str) -> str:
+    """A version's description: its first paragraph (what training wrote) and the latest evaluation, within
+    the registry's column size. A re-evaluation (a rerun reusing the version) replaces the previous one."""
+    head = (description or "").split("\n\n", 1)[0].strip()
+    text = f"{head}\n\n{evaluation.strip()}" if head else evaluation.strip()
+    if len(text) > DESCRIPTION_LIMIT:
+        cut = "\n… (cut to fit the registry; every check is in the run's evaluation/gate.json)"
+        text = text[:DESCRIPTION_LIMIT - len(cut)].rsplit("\n", 1)[0] + cut
+    return text

@@ -68,6 +68,12 @@ Categories unseen in training share one slot; rows with missing numerics are imp
 """
 
 
+def training_description(dataset: str, validation_auc: float, best_epoch: int) -> str:
+    """A new version's description. The evaluate step keeps the first paragraph and replaces the rest with its verdict."""
+    return (f"{dataset}: validation ROC-AUC {validation_auc:.4f} (best epoch {best_epoch}).\n\n"
+            f"Not evaluated yet: the evaluate step writes the test-period metrics and the gate's verdict here.")
+
+
 def environment() -> dict[str, str]:
     """What the run ran on: versions and the device, logged as MLflow parameters."""
     import torch
@@ -131,11 +137,14 @@ def run_training_step(
     nodes: int = 1,
     gpus_per_node: int = 1,
     api_client: Any = None,
+    pipeline_run: str = "",
+    pipeline_run_name: str = "",
 ) -> dict[str, Any]:
     """Train (or reuse) a model; write its bundle to `model_dir`; return what the pipeline records.
 
     `nodes` > 1 trains in a Kubeflow Trainer TrainJob (`gpus_per_node` GPUs on each); on one node, a pod with
     several GPUs trains on all of them with DistributedDataParallel (torchrun), else in this process.
+    `pipeline_run` (the KFP run id) and `pipeline_run_name` name and tag the MLflow run; empty outside a pipeline.
     """
     if nodes < 1:
         raise ValueError(f"nodes must be at least 1, got {nodes}")
@@ -172,23 +181,32 @@ def run_training_step(
         "feature_service": feature_service,
         "feature_service_version": feature_service_version(feature_service),
         "code_version": code,
-        "image": settings.components_image,
+        # The image this step really ran in, or None: a kfp.local run or a direct call runs in this
+        # virtualenv, and the configured release tag (settings.components_image) would be a claim, not a fact.
+        "image": settings.step_image or None,
         "inputs_fingerprint": fingerprint,
         "model_name": name,
     }
     nproc = _local_processes() if nodes == 1 else max(gpus_per_node, 1)
-    with mlflow.start_run(run_name=f"train-{spec.name}") as run:
-        mlflow.set_tags({
-            "mlwf.dataset": spec.name,
-            "mlwf.dataset_fingerprint": dataset_fingerprint,
-            "mlwf.training_set_sha256": training_sha,
-            "mlwf.feature_service": feature_service,
-            "mlwf.feature_service_version": lineage["feature_service_version"],
-            "mlflow.source.git.commit": code,
-            "mlwf.code_version": code,
-            "mlwf.image": settings.components_image,
-            tracking.INPUTS_TAG: fingerprint,
-        })
+    pipeline_run = tracking.pipeline_run_id(pipeline_run)
+    tags = {
+        "mlwf.dataset": spec.name,
+        "mlwf.dataset_fingerprint": dataset_fingerprint,
+        "mlwf.training_set_sha256": training_sha,
+        "mlwf.feature_service": feature_service,
+        "mlwf.feature_service_version": lineage["feature_service_version"],
+        "mlflow.source.git.commit": code,
+        "mlwf.code_version": code,
+        tracking.INPUTS_TAG: fingerprint,
+        **tracking.pipeline_run_tags(settings, pipeline_run, pipeline_run_name),
+    }
+    if settings.step_image:  # no image tag at all for a local run (see lineage["image"])
+        tags[tracking.IMAGE_TAG] = settings.step_image
+    if nodes > 1:  # the ranks ran in the TrainJob's image, which build_trainjob took from this setting
+        tags["mlwf.trainjob_image"] = settings.trainjob_image
+    # Named "training" until the version exists; renamed once it is registered, at the end of the run.
+    with mlflow.start_run(run_name=tracking.run_name(spec.name, None, pipeline_run)) as run:
+        mlflow.set_tags(tags)
         mlflow.log_params(params_dict(params))
         mlflow.log_params({"rows_train": len(train), "features": ",".join(spec.feature_names), "nodes": nodes,
                            "processes_per_node": nproc, "feature_service": feature_service,
@@ -222,8 +240,8 @@ def run_training_step(
         # Registered last, so no version ever points at a run that failed half-way.
         version = tracking.register(client, name, run.info.run_id, source,
                                     {tracking.INPUTS_TAG: fingerprint, tracking.BUNDLE_TAG: digest},
-                                    f"{spec.name}: val ROC-AUC {result.validation_auc:.4f}")
-        mlflow.set_tag("mlwf.model_version", version)
+                                    training_description(spec.name, result.validation_auc, result.best_epoch))
+        mlflow.set_tags({"mlwf.model_version": version, "mlflow.runName": tracking.run_name(spec.name, version, pipeline_run)})
     return {"model_name": name, "version": version, "run_id": run.info.run_id, "reused": False,
             "bundle_sha256": digest, "source": source, "device": result.device, "world_size": result.world_size,
             "epochs": len(result.history), "val_roc_auc": result.validation_auc}

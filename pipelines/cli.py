@@ -187,7 +187,7 @@ def compile_package(out: str, image: str | None = None, pipeline: Any = None) ->
     from kfp import compiler
 
     from components.settings import get_settings
-    from components.steps import PLACEHOLDER_IMAGE
+    from components.steps import PLACEHOLDER_IMAGE, stamp_image
     from pipelines.training import training_pipeline
 
     image = image or get_settings().components_image
@@ -197,7 +197,7 @@ def compile_package(out: str, image: str | None = None, pipeline: Any = None) ->
     docs = list(yaml.safe_load_all(tmp.read_text()))
     for executor in docs[0]["deploymentSpec"]["executors"].values():
         if executor.get("container", {}).get("image") == PLACEHOLDER_IMAGE:
-            executor["container"]["image"] = image
+            stamp_image(executor["container"], image)  # the image, and the step told which one it runs in
     text = yaml.safe_dump_all(docs, sort_keys=True)
     if PLACEHOLDER_IMAGE in text:
         raise RuntimeError("a step still names the placeholder image after compiling")

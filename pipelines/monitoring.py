@@ -9,13 +9,14 @@ from kfp import dsl
 
 from components.monitor_steps import drift_op, retrain_op
 from pipelines.local import LocalRun
-from pipelines.training import _cluster_wiring
+from pipelines.training import _cluster_wiring, one_line_args
 
 PIPELINE_NAME = "mlwf-monitoring"
 IN_CLUSTER_KFP = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Drift of served traffic against the champion's training profile; retrain on an alert.")
+@one_line_args
 def monitoring_pipeline(
     model_name: str = "transactions_classifier",
     window_hours: float = 24.0,
@@ -33,6 +34,31 @@ def monitoring_pipeline(
     kfp_namespace: str = "mlwf",
     training_package: str = "",
 ) -> None:
+    """Drift of served traffic against the champion's training profile; retrain on an alert.
+
+    Args:
+        model_name: The registered model whose champion is monitored; its request logs are read.
+        window_hours: How many hours of request logs, up to now, make the window compared with training.
+        psi_warn: PSI at or above which a feature is reported as drifting (no retraining on its own).
+        psi_alert: PSI at or above which a feature (or the predictions) counts as drifted: an alert.
+        ks_alpha: Significance level of the two-sample Kolmogorov-Smirnov test on numeric features; a D
+            statistic at or above the test's critical value (and ks_min_d) is an alert.
+        ks_min_d: Smallest KS D statistic that can alert, whatever the sample size: on large windows the test
+            flags shifts too small to be worth a retraining.
+        null_delta: Change of a feature's missing-value fraction (absolute, e.g. 0.05 = 5 points) that is an alert.
+        min_rows: Fewer served rows than this in the window: no decision (insufficient data), no retraining.
+        cooldown_hours: No new retraining within this many hours of the last one started, even on an alert.
+        labels_uri: Delayed labels (CSV, Parquet or JSONL with entity, label, ts) joined to the logged
+            predictions to report live ROC-AUC and calibration. Empty: no labels, drift only.
+        pushgateway_url: A Prometheus Pushgateway to push the drift gauges to. Empty: the gauges are only
+            written to the state store (for a textfile collector).
+        training_arguments: Arguments of the training run started on an alert, as a JSON object, e.g.
+            {"source_uri": "s3://mlwf/data/", "epochs": 30}. "{}": the training pipeline's defaults.
+        kfp_host: The Kubeflow Pipelines API the retraining is submitted to (default: the in-cluster service).
+        kfp_namespace: The namespace (Kubeflow profile) the retraining run is created in.
+        training_package: The compiled training package (path or s3:// URI) to run on an alert. Empty: the
+            training pipeline is compiled from the code installed in this step's image.
+    """
     drift = _cluster_wiring(drift_op(
         model_name=model_name, window_hours=window_hours, psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha,
         ks_min_d=ks_min_d, null_delta=null_delta, min_rows=min_rows, cooldown_hours=cooldown_hours,

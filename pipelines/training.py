@@ -6,7 +6,9 @@ retries) compiles into the package and is ignored by the local runner.
 """
 
 
-from typing import Any
+import inspect
+import re
+from typing import Any, Callable
 
 from kfp import dsl, kubernetes
 
@@ -39,10 +41,32 @@ SECRETS = {
     "mlwf-mlflow": {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
 }
 OPTIONAL_SECRETS = {"mlwf-mlflow"}  # an MLflow server without auth needs none
+# ConfigMap keys a cluster may leave out: referenced as optional, so a ConfigMap without them still starts the pods.
+OPTIONAL_SETTINGS_KEYS = (
+    "MLWF_KFP_UI_URL",  # the KFP UI's address: MLflow runs get a link to their pipeline run
+)
+
+
+def one_line_args(func: Callable) -> Callable:
+    """Join the wrapped lines of each `Args:` entry of a pipeline's docstring. KFP copies an entry into the
+    parameter's description (shown on the run form) line breaks included, which would cut sentences in half."""
+    lines = inspect.cleandoc(func.__doc__ or "").splitlines()
+    out: list[str] = []
+    in_args = False
+    for line in lines:
+        if not line.startswith(" "):
+            in_args = line.strip() == "Args:"
+        elif in_args and re.match(r"^ {8,}\S", line) and out:  # deeper than `    name: ...`: a continuation
+            out[-1] += " " + line.strip()
+            continue
+        out.append(line)
+    func.__doc__ = "\n".join(out)
+    return func
 
 
 def _cluster_wiring(task: dsl.PipelineTask, retries: int = 0) -> dsl.PipelineTask:
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in SETTINGS_KEYS})
+    kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in OPTIONAL_SETTINGS_KEYS}, optional=True)
     for name, keys in SECRETS.items():
         kubernetes.use_secret_as_env(task, name, keys, optional=name in OPTIONAL_SECRETS)
     if retries:
@@ -77,21 +101,49 @@ def gpu_placement_arguments(gpu_count: int, settings: Any = None) -> dict[str, A
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Validate, featurize, train, gate and canary-deploy a tabular classifier.")
+@one_line_args
 def training_pipeline(
     dataset_spec: str = "transactions",
     source_uri: str = "s3://mlwf/data/transactions.csv",
     epochs: int = 30,
     seed: int = 42,
-    gate_policy: str = "",  # the gate policy file; empty: <dataset_spec>.policy.yaml beside the spec
-    min_roc_auc: float = -1.0,  # the three below override the policy file when >= 0 (tests force each branch)
+    gate_policy: str = "",
+    min_roc_auc: float = -1.0,
     max_p99_latency_ms: float = -1.0,
     max_regression: float = -1.0,
-    gpu_count: int = 1,  # GPUs for the train step's pod; 0 runs it on a CPU node (see gpu_placement below)
-    gpu_tolerations: list = [],  # Kubernetes tolerations for that pod, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists"}]
-    gpu_node_selector: dict = {},  # node labels for that pod, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    train_nodes: int = 1,  # > 1: train in a Kubeflow Trainer TrainJob of this many nodes (then gpu_count=0 for the step)
-    gpus_per_node: int = 1,  # GPUs per TrainJob node (used only when train_nodes > 1)
+    gpu_count: int = 1,
+    gpu_tolerations: list = [],
+    gpu_node_selector: dict = {},
+    train_nodes: int = 1,
+    gpus_per_node: int = 1,
 ) -> None:
+    """Validate, featurize, train, gate and canary-deploy a tabular classifier.
+
+    Args:
+        dataset_spec: The dataset spec: the name of a spec shipped with the project (e.g. transactions), a
+            path or an s3:// URI of a spec YAML. It names the columns, the label and the checks.
+        source_uri: The data: one CSV or Parquet file, or a directory or s3:// prefix of them. Files seen by an
+            earlier run are skipped unless they changed; the dataset is the union of every file.
+        epochs: Most training epochs. Training stops earlier after 4 epochs without a better validation ROC-AUC
+            and keeps the best epoch.
+        seed: Random seed of training: the same data, parameters, code and seed reuse the version already trained.
+        gate_policy: The gate policy file (a shipped name, a path or an s3:// URI). Empty: the policy file
+            beside the dataset spec (<dataset_spec>.policy.yaml), or the built-in defaults when there is none.
+        min_roc_auc: Minimum test ROC-AUC to pass the gate. -1.0 (any negative value): use the policy file's value.
+        max_p99_latency_ms: Largest per-row p99 scoring latency, in milliseconds, to pass the gate. -1.0 (any
+            negative value): use the policy file's value.
+        max_regression: How much test ROC-AUC may drop against the serving champion, scored on the same rows.
+            -1.0 (any negative value): use the policy file's value.
+        gpu_count: GPUs for the train step's pod. 0 runs it on a CPU node; set 0 as well when train_nodes > 1,
+            since the GPUs are then requested by the TrainJob's nodes.
+        gpu_tolerations: Kubernetes tolerations for the train step's pod, e.g.
+            [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]. Empty: none.
+        gpu_node_selector: Node labels the train step's pod must run on, e.g.
+            {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}. Empty: any node.
+        train_nodes: 1 trains in the step's pod (on every GPU it has). More than 1 trains in a Kubeflow
+            Trainer TrainJob of this many nodes; needs the state store on s3://.
+        gpus_per_node: GPUs on each TrainJob node; used only when train_nodes > 1.
+    """
     ingest = _cluster_wiring(
         ingest_op(dataset_spec=dataset_spec, source_uri=source_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), retries=2
     )
@@ -113,6 +165,8 @@ def training_pipeline(
             seed=seed,
             nodes=train_nodes,
             gpus_per_node=gpus_per_node,
+            pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # the MLflow run's name and tags link back to this run
+            pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ),
         retries=1,
     )
@@ -130,6 +184,7 @@ def training_pipeline(
             min_roc_auc=min_roc_auc,
             max_p99_latency_ms=max_p99_latency_ms,
             max_regression=max_regression,
+            pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
     )
     evaluate.set_display_name("evaluate").set_cpu_limit("2").set_memory_limit("8G")

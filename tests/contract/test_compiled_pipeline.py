@@ -122,3 +122,76 @@ def test_train_nodes_and_gpus_per_node_reach_the_train_step(compiled):
     assert inputs["nodes"].component_input_parameter == "train_nodes"
     assert inputs["gpus_per_node"].component_input_parameter == "gpus_per_node"
     assert spec.root.input_definitions.parameters["train_nodes"].default_value.number_value == 1
+
+
+@pytest.fixture(scope="module")
+def compiled_monitoring(tmp_path_factory):
+    from pipelines.monitoring import monitoring_pipeline
+
+    out = tmp_path_factory.mktemp("pkg") / "monitoring.yaml"
+    compile_package(str(out), IMAGE, monitoring_pipeline)
+    docs = list(yaml.safe_load_all(out.read_text()))
+    return json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+
+
+def test_every_pipeline_parameter_is_described_for_the_run_form(compiled, compiled_monitoring):
+    """The docstrings' `Args:` reach the package: the KFP run form shows them beside each parameter."""
+    import inspect
+
+    from pipelines.monitoring import monitoring_pipeline
+    from pipelines.training import training_pipeline
+
+    for spec, pipeline in ((compiled[1], training_pipeline), (compiled_monitoring, monitoring_pipeline)):
+        params = spec.root.input_definitions.parameters
+        assert set(params) == set(inspect.signature(pipeline.pipeline_func).parameters)
+        undescribed = [name for name, p in params.items() if len(p.description.strip()) < 20]
+        assert not undescribed, f"{spec.pipeline_info.name}: no description for {undescribed}"
+        assert all("\n" not in p.description for p in params.values()), "a wrapped docstring line reached the run form"
+    training = compiled[1].root.input_definitions.parameters
+    for sentinel in ("min_roc_auc", "max_p99_latency_ms", "max_regression"):
+        assert training[sentinel].default_value.number_value == -1.0
+        assert "-1.0" in training[sentinel].description and "policy file" in training[sentinel].description
+    assert "Empty" in training["gate_policy"].description
+
+
+def test_evaluate_writes_the_verdict_as_markdown(compiled):
+    _, spec, _ = compiled
+    outputs = spec.components["comp-evaluate-op"].output_definitions
+    assert outputs.artifacts["verdict"].artifact_type.schema_title == "system.Markdown"
+    assert "FAIL" in outputs.artifacts["verdict"].description
+    assert set(outputs.parameters) == {"Output"}  # the single bool dsl.If reads (kfp.local, see components/steps.py)
+
+
+def test_train_and_evaluate_learn_their_pipeline_run(compiled):
+    _, spec, _ = compiled
+    tasks = spec.root.dag.tasks
+    train, evaluate = tasks["train-op"].inputs.parameters, tasks["evaluate-op"].inputs.parameters
+    assert train["pipeline_run"].runtime_value.constant.string_value == "{{$.pipeline_job_uuid}}"
+    assert train["pipeline_run_name"].runtime_value.constant.string_value == "{{$.pipeline_job_name}}"
+    assert evaluate["pipeline_run"].runtime_value.constant.string_value == "{{$.pipeline_job_uuid}}"
+    # the same id ingest records on quarantined rows and lineage, so an MLflow run joins with them
+    assert tasks["ingest-op"].inputs.parameters["run_id"].runtime_value.constant.string_value == "{{$.pipeline_job_uuid}}"
+
+
+def test_every_step_is_told_the_image_it_runs_in(compiled):
+    """The step records this image in MLflow: it must be the container's own image, nothing else."""
+    _, spec, _ = compiled
+    for name, executor in spec.deployment_spec["executors"].items():
+        container = executor["container"]
+        assert {"name": "MLWF_STEP_IMAGE", "value": container["image"]} in list(container["env"]), name
+
+
+def test_the_kfp_ui_setting_is_optional_in_the_config_map(compiled):
+    _, _, platform = compiled
+    for name, config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        optional = [c for c in config["configMapAsEnv"] if c.get("optional")]
+        assert [k["configMapKey"] for c in optional for k in c["keyToEnv"]] == ["MLWF_KFP_UI_URL"], name
+
+
+def test_committed_monitoring_package_is_up_to_date(tmp_path):
+    from pipelines.monitoring import monitoring_pipeline
+
+    committed = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "monitoring.yaml"
+    fresh = tmp_path / "monitoring.yaml"
+    compile_package(str(fresh), "ghcr.io/mlwf/components:0.1.0", monitoring_pipeline)
+    assert committed.read_text() == fresh.read_text(), "pipelines/compiled/monitoring.yaml is stale: run `make compile`"

@@ -49,6 +49,20 @@ def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free
         client = tracking.configure(get_settings())
         assert str(client.get_model_version_by_alias("transactions_classifier", "champion").version) == version
 
+        # MLflow says what the run is: dataset, version and the pipeline run it links back to (the id ingest
+        # recorded); a local run records no image, since it ran in this virtualenv, not in one
+        mv = client.get_model_version("transactions_classifier", version)
+        run = client.get_run(mv.run_id)
+        pipeline_run = _ingest_run_id(first)
+        assert run.info.run_name == f"transactions · candidate v{version} · run {pipeline_run[:8]}"
+        assert run.data.tags["mlwf.pipeline_run"] == pipeline_run
+        assert run.data.tags["mlwf.pipeline_run_name"] == first.run_dir.name
+        assert "mlwf.image" not in run.data.tags and "mlwf.pipeline_run_url" not in run.data.tags
+        assert run.data.tags["mlwf.gate"] == "passed"
+        assert "**Gate: PASS**" in mv.description and f"ROC-AUC {_evaluate_metric(first, 'roc_auc'):.4f}" in mv.description
+        verdict = first.artifact("evaluate-op", "verdict").read_text()
+        assert verdict.startswith(f"# Gate PASS: transactions_classifier v{version}\n")
+
         # the same inputs again, with a gate no model can pass: training is reused, deploy must not run
         second = run_local({**args, "min_roc_auc": 1.01})
         assert set(second.tasks) == ALL_STEPS - {"deploy-op"}
@@ -58,5 +72,27 @@ def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free
         assert requests.post(served["predict_url"], json={"instances": [row]}, timeout=10).status_code == 200
         gate = client.get_model_version("transactions_classifier", version).tags["mlwf.gate_reasons"]
         assert "below the minimum 1.0100" in gate
+        # the run list is not silently green: the evaluate step's Markdown says FAIL and why
+        verdict = second.artifact("evaluate-op", "verdict").read_text()
+        assert verdict.startswith(f"# Gate FAIL: transactions_classifier v{version}\n")
+        assert "the version is **not deployed**" in verdict and "below the minimum 1.0100" in verdict.split("## Checks")[0]
+        assert "| FAIL | min_roc_auc |" in verdict
+        # the version's description now carries this (second) evaluation, not the first one's verdict
+        mv = client.get_model_version("transactions_classifier", version)
+        assert mv.description.count("**Gate:") == 1 and "**Gate: FAIL**" in mv.description
+        assert "below the minimum 1.0100" in mv.description and f"pipeline run `{_ingest_run_id(second)}`" in mv.description
+        assert client.get_run(mv.run_id).data.tags["mlwf.evaluation_pipeline_run"] == _ingest_run_id(second)
     finally:
         stop_local(record)
+
+
+def _ingest_run_id(run) -> str:
+    """The KFP run id the ingest step was given (dsl.PIPELINE_JOB_ID_PLACEHOLDER), from its artifact's metadata."""
+    out = json.loads((run.tasks["ingest-op"] / "executor_output.json").read_text())
+    return str(out["artifacts"]["raw"]["artifacts"][0]["metadata"]["run_id"])
+
+
+def _evaluate_metric(run, name: str) -> float:
+    """A metric the evaluate step logged to its Metrics output."""
+    out = json.loads((run.tasks["evaluate-op"] / "executor_output.json").read_text())
+    return float(out["artifacts"]["metrics"]["artifacts"][0]["metadata"][name])
