@@ -91,16 +91,24 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
     }
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Mean |predicted - observed| over ten equal-width score bins, weighted by the share of rows in each."""
-    edges = np.linspace(0, 1, bins + 1)
+def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """The non-empty equal-width score bins (the last one includes 1.0): edges, rows, mean score, observed
+    positive rate. Both the calibration error and the report's calibration plot read these, so they agree."""
+    edges = np.arange(bins + 1) / bins  # k / bins exactly: linspace makes 0.30000000000000004, putting 0.3 in the bin below
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
+    out = []
     for b in range(bins):
         mask = which == b
         if mask.any():
-            total += mask.mean() * abs(p[mask].mean() - y[mask].mean())
-    return float(total)
+            out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "rows": int(mask.sum()),
+                        "predicted": float(p[mask].mean()), "observed": float(y[mask].mean())})
+    return out
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Mean |predicted - observed| over ten equal-width score bins, weighted by the share of rows in each."""
+    total = sum(b["rows"] * abs(b["predicted"] - b["observed"]) for b in calibration_bins(y, p, bins))
+    return float(total / len(p)) if len(p) else 0.0
 
 
 def score(bundle: bundle_lib.Bundle, test: pd.DataFrame) -> np.ndarray:
@@ -362,16 +370,12 @@ def curves(y: np.ndarray, p: np.ndarray, threshold: float, max_points: int = 200
     step = max(1, len(precision) // max_points)
     pred = (p >= threshold).astype(int)
     matrix = confusion_matrix(y, pred, labels=[0, 1])
-    prob_true, prob_pred, counts = [], [], []
-    for lo in np.linspace(0, 0.9, 10):
-        mask = (p >= lo) & ((p < lo + 0.1) if lo < 0.85 else (p <= 1.0))  # the last bin includes 1.0
-        if mask.any():
-            prob_true.append(float(y[mask].mean()))
-            prob_pred.append(float(p[mask].mean()))
-            counts.append(int(mask.sum()))
+    bins = calibration_bins(y, p)
     return {
         "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(thr[keep], 0, 1).tolist()},
         "pr": {"precision": precision[::step].tolist(), "recall": recall[::step].tolist()},
-        "confusion": matrix.tolist(),
-        "calibration": {"true": prob_true, "predicted": prob_pred, "rows": counts},
+        "threshold": float(threshold),  # the confusion matrix is at this score (a score >= it is called positive)
+        "confusion": matrix.tolist(),  # [[TN, FP], [FN, TP]]: rows actual 0/1, columns predicted 0/1
+        "calibration": {k: [b[key] for b in bins] for k, key in
+                        (("true", "observed"), ("predicted", "predicted"), ("rows", "rows"), ("lower", "lower"), ("upper", "upper"))},
     }

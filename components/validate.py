@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import html
 import io
 import json
 import os
@@ -766,7 +765,8 @@ def _outcome(spec: DatasetSpec, suite: Suite, raw: pd.DataFrame, df: pd.DataFram
     good = np.flatnonzero(~bad)
     valid_table = _valid_table(spec, df, raw, good, files if has_files else None, source)
     first = sorted({int(i) for positions in failing.values() for i in positions[:3]})
-    sample = raw.iloc[first].drop(columns=[c for c in (INGESTED_AT,) if c in raw.columns]).astype(str)
+    sample = raw.iloc[first].drop(columns=[c for c in (INGESTED_AT,) if c in raw.columns]).astype(object)
+    sample = sample.where(sample.notna(), None)  # the report shows a missing value as missing, not as the text "nan"
     row_of = dict(zip(first, sample.to_dict("records")))
     examples = {k: [row_of[int(i)] for i in v[:3]] for k, v in failing.items() if len(v)}
     outcome = ValidationOutcome(
@@ -899,30 +899,7 @@ def to_parquet_bytes(df: Any, metadata: dict[str, str] | None = None) -> bytes:
 
 
 def report_html(spec: DatasetSpec, outcome: ValidationOutcome, source: str, lineage: dict[str, Any] | None = None) -> str:
-    esc = html.escape
-    rows = []
-    for exp in outcome.suite:
-        exp_id = expectation_id(exp)
-        n = outcome.failures.get(exp_id, 0)
-        status = "pass" if outcome.verdicts.get(exp_id, n == 0) else "FAIL"
-        examples = outcome.examples.get(exp_id, [])
-        sample = "<br>".join(esc(json.dumps(e, default=str)[:300]) for e in examples)
-        why = esc(str((exp.get("meta") or {}).get("why", "")))
-        rows.append(f"<tr class='{status.lower()}'><td>{esc(exp_id)}<br><small>{why}</small></td><td>{status}</td>"
-                    f"<td>{n}</td><td>{sample}</td></tr>")
-    files = "".join(f"<tr><td><code>{esc(str(f['file']))}</code></td><td>{f['rows']}</td><td>{f['valid']}</td><td>{f['quarantined']}</td></tr>"
-                    for f in outcome.per_file)
-    lineage_rows = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(str(v))}</code></td></tr>"
-                           for k, v in (lineage or {}).items() if not isinstance(v, (list, dict)))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation: {esc(spec.name)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
-tr.fail td{{background:#fde8e8}}tr.pass td:nth-child(2){{color:#176f2c}}</style></head><body>
-<h1>Validation of {esc(spec.name)}</h1>
-<p>Source: <code>{esc(source)}</code>; suite version <code>{esc(outcome.suite_version)}</code>.</p>
-<p><b>{outcome.rows}</b> rows: <b>{len(outcome.valid)}</b> valid, <b>{len(outcome.quarantined)}</b> quarantined
-({outcome.bad_fraction:.2%}; limit {spec.max_bad_fraction:.0%}). Every row was checked by Great Expectations; the
-failing rows per expectation agree exactly with GX's unexpected counts.</p>
-<table><tr><th>expectation</th><th>GX verdict</th><th>failing rows</th><th>examples (source_line, source_file)</th></tr>{''.join(rows)}</table>
-<h2>Input files</h2><table><tr><th>file</th><th>rows</th><th>valid</th><th>quarantined</th></tr>{files}</table>
-<h2>Lineage</h2><table>{lineage_rows}</table>
-</body></html>"""
+    """The step's HTML report; built in components/validation_report.py (imported here, not at the top, as it imports this module)."""
+    from components.validation_report import report_html as render
+
+    return render(spec, outcome, source, lineage)
