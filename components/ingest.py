@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from components import lineage, storage
-from components.spec import EVENT_TIMESTAMP, GENERATED_ENTITY, SOURCE_LINE, DatasetSpec
+from components.spec import EVENT_TIMESTAMP, GENERATED_ENTITY, SOURCE_LINE, DatasetSpec, did_you_mean
 
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 SOURCE_FILE = "source_file"
@@ -187,7 +187,8 @@ def _check_columns(spec: DatasetSpec, df: pd.DataFrame, source: str) -> pd.DataF
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in spec.source_columns if c not in df.columns]
     if missing:
-        raise IngestError(f"the spec names column(s) the data lacks: {missing}; {source} has {list(df.columns)[:20]}")
+        raise IngestError(f"the spec names column(s) the data lacks: {missing}{did_you_mean(missing, df.columns)}; "
+                          f"{source} has {list(df.columns)[:20]}")
     return df
 
 

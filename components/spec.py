@@ -7,6 +7,7 @@ that it can be reviewed in a diff; see README.md ("Bring your own data") for a c
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -84,10 +85,29 @@ class DatasetSpec:
 _TOP_KEYS = {"name", "description", "label", "features", "entity", "timestamp", "validation", "feature_store"}
 
 
+def did_you_mean(names: list[str], choices: Any) -> str:
+    """' (did you mean ...?)' for the names that are close to one of `choices` (a typo), else ''."""
+    choices = [str(c) for c in choices]
+    pairs = []
+    for name in names:
+        close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+        if not close:  # a case or separator slip ("Amount", "card-age") is a typo too
+            folded = {c.lower().replace("-", "_").replace(" ", "_"): c for c in choices}
+            key = str(name).lower().replace("-", "_").replace(" ", "_")
+            close = [folded[key]] if key in folded else []
+        if close and close[0] != name:
+            pairs.append((name, close[0]))
+    if not pairs:
+        return ""
+    if len(pairs) == 1:
+        return f" (did you mean {pairs[0][1]!r}?)"
+    return " (did you mean " + ", ".join(f"{b!r} for {a!r}" for a, b in pairs) + "?)"
+
+
 def _check_keys(where: str, given: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        raise SpecError(f"{where}: unknown key(s) {unknown}{did_you_mean(unknown, sorted(allowed))}; allowed: {sorted(allowed)}")
 
 
 def _name(where: str, value: Any) -> str:
@@ -186,10 +206,21 @@ def _check_names(spec: DatasetSpec) -> None:
         raise SpecError(f"entity {spec.entity!r} is also listed as a feature")
 
 
+def _bundled_dir() -> Path:
+    return Path(str(resources.files("components") / "datasets"))
+
+
+def bundled_specs() -> list[str]:
+    """The names of the dataset specs that ship with the project (their gate policies are not specs)."""
+    return sorted(p.stem for p in _bundled_dir().glob("*.yaml") if not p.name.endswith(".policy.yaml"))
+
+
 def bundled_spec_path(name: str) -> Path:
-    path = Path(str(resources.files("components") / "datasets" / f"{name}.yaml"))
-    if not path.exists():
-        raise SpecError(f"no bundled dataset spec named {name!r}")
+    path = _bundled_dir() / f"{name}.yaml"
+    if name not in bundled_specs() or not path.exists():
+        known = bundled_specs()
+        raise SpecError(f"no bundled dataset spec named {name!r}{did_you_mean([name], known)}; the bundled ones are "
+                        f"{', '.join(known) or 'none'}; or give the path of a YAML spec (see README.md, 'Bring your own data')")
     return path
 
 
