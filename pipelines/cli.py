@@ -86,7 +86,7 @@ def _check_inputs(dataset: str, source: str) -> None:
 def cmd_suite(args: argparse.Namespace) -> int:
     """Write or update the validation suite beside the spec (`--check`: only say whether it is current)."""
     from components.spec import SpecError, load_spec
-    from components.validate import SuiteError, load_suite, suite_path, write_suite
+    from components.validate import SuiteError, load_suite, write_suite
 
     try:
         if args.check:
@@ -127,14 +127,173 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the local run as a person reads it: a line per step, then a short summary ---------------------------
+
+def _count(value: Any) -> str:
+    try:
+        return f"{int(float(value)):,}"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _describe_step(max_epochs: int | None) -> Any:
+    """The key result of each training-pipeline step, read from what the step recorded (its outputs and
+    artifact metadata in executor_output.json): a few words for its progress line."""
+    from pipelines.local import artifact_metadata, task_output
+
+    def describe(task: str, where: Path | None) -> str:
+        if where is None:  # the step did not run
+            return "the gate did not pass" if task == "deploy-op" else ""
+        if task == "ingest-op":
+            raw = artifact_metadata(where, "raw")
+            files = int(raw.get("files", 0))
+            return (f"{_count(raw.get('rows'))} rows from {files} file{'s' if files != 1 else ''} ({raw.get('new_files', '?')} new), "
+                    f"dataset version {str(raw.get('dataset_fingerprint', '?'))[:12]}")
+        if task == "validate-op":
+            m = artifact_metadata(where, "metrics")
+            return f"{_count(m.get('valid'))} valid, {_count(m.get('quarantined'))} quarantined ({float(m.get('bad_fraction', 0)):.1%})"
+        if task == "features-op":
+            parts = []
+            for name in ("train", "test"):
+                m = artifact_metadata(where, f"{name}_set")
+                parts.append(f"{name} {_count(m.get('rows'))} rows {str(m.get('from', '?'))[:10]} .. {str(m.get('to', '?'))[:10]}")
+            return ", ".join(parts)
+        if task == "train-op":
+            m = artifact_metadata(where, "model")
+            if m.get("reused"):  # found by its inputs' fingerprint: nothing was trained, so no epochs to show
+                return f"v{m.get('version', '?')} reused: the same data, parameters and code trained it before"
+            auc = f"validation ROC-AUC {float(m['val_roc_auc']):.3f}" if "val_roc_auc" in m else "no validation ROC-AUC"
+            ran = int(float(m.get("epochs", 0)))
+            if max_epochs and ran < max_epochs:
+                epochs = f"stopped early after {ran} of at most {max_epochs} epochs"
+            else:
+                epochs = f"{ran} epochs (the maximum)" if max_epochs else f"{ran} epochs"
+            return f"v{m.get('version', '?')}: {epochs}, {auc}, on {m.get('device', '?')}"
+        if task == "evaluate-op":
+            m = artifact_metadata(where, "metrics")
+            passed = task_output(where, "Output")
+            text = f"gate {'PASSED' if passed else 'FAILED'}: ROC-AUC {float(m.get('roc_auc', float('nan'))):.3f}"
+            if "baseline.roc_auc" in m:
+                text += f" (baseline {float(m['baseline.roc_auc']):.3f}"
+                text += f", champion {float(m['champion.roc_auc']):.3f})" if "champion.roc_auc" in m else ")"
+            return text
+        if task == "deploy-op":
+            m = artifact_metadata(where, "deployment")
+            return f"v{m.get('version', '?')} serving at {m.get('url', '?')}"
+        return ""
+
+    return describe
+
+
+def _gate_record(run: Any, client: Any) -> dict[str, Any]:
+    """The gate's verdict: gate.json as the evaluate step logged it to MLflow (reasons, baseline, champion with
+    its version), else what the step recorded in its Metrics and report metadata."""
+    metrics = run.metadata("evaluate-op", "metrics")
+    report = run.metadata("evaluate-op", "report")
+    reasons = str(report.get("reasons", ""))
+    record: dict[str, Any] = {
+        "passed": bool(run.output("evaluate-op", "Output")),
+        "reasons": [] if reasons in ("", "all checks passed") else reasons.split("; "),
+        "metrics": {k: v for k, v in metrics.items() if "." not in k},
+        "baseline": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("baseline.")} or None,
+        "champion": {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("champion.")} or None,
+        "policy": {"version": report.get("policy_version")},
+        "source": "the evaluate step's metrics",
+    }
+    run_id = run.metadata("train-op", "model").get("run_id")
+    if client is not None and run_id:
+        import tempfile
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar for one small file
+        try:
+            with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
+                path = client.download_artifacts(str(run_id), "evaluation/gate.json", tmp)
+                gate = json.loads(Path(path).read_text())
+            record.update({k: gate[k] for k in ("passed", "reasons", "metrics", "baseline", "champion", "policy") if k in gate})
+            record["source"] = "gate.json"
+        except Exception as err:  # MLflow unreachable: the step's own record above is still right
+            record["source"] = f"the evaluate step's metrics (gate.json unreadable: {type(err).__name__})"
+    return record
+
+
+def _gate_lines(gate: dict[str, Any], version: str, max_reasons: int = 8) -> list[str]:
+    def row(label: str, values: dict[str, Any] | None, note: str = "") -> str:
+        if not values:
+            return f"  {label:<16}{'-':>9}{'-':>9}{'-':>9}{'-':>9}  {note}".rstrip()
+        cells = "".join(f"{float(values[k]):9.4f}" if isinstance(values.get(k), (int, float)) else f"{'-':>9}"
+                        for k in ("roc_auc", "pr_auc", "brier", "ece"))
+        return f"  {label:<16}{cells}  {note}".rstrip()
+
+    policy = gate.get("policy") or {}
+    champion = gate.get("champion")
+    lines = [f"Gate: {'PASSED' if gate['passed'] else 'FAILED'} (policy version {policy.get('version', '?')})",
+             f"  {'':<16}{'ROC-AUC':>9}{'PR-AUC':>9}{'Brier':>9}{'ECE':>9}",
+             row(f"model v{version}", gate.get("metrics")),
+             row("baseline", gate.get("baseline"), str((gate.get("baseline") or {}).get("kind", ""))),
+             row(f"champion v{champion['version']}" if champion and champion.get("version") else "champion", champion,
+                 "" if champion else "none yet: judged on the policy's thresholds alone")]
+    if champion and champion.get("comparable") is False:
+        lines.append(f"  (the champion is not comparable: {champion.get('why', '?')})")
+    reasons = list(gate.get("reasons") or [])
+    if not reasons:
+        lines.append("  Reasons: every check passed")
+    else:
+        lines.append("  Reasons:" if len(reasons) > 1 else f"  Reason: {reasons[0]}")
+        if len(reasons) > 1:
+            lines += [f"    - {r}" for r in reasons[:max_reasons]]
+            if len(reasons) > max_reasons:
+                lines.append(f"    ... and {len(reasons) - max_reasons} more: see the evaluation report")
+    return lines
+
+
+def _mlflow_lines(settings: Any, client: Any, run_id: str | None) -> list[str]:
+    """The exact command that opens the MLflow UI on this run's store, and the URL of the runs table.
+
+    mlflow 3.17 opens a plain experiment link in its GenAI view; `workflowType=machine_learning` selects
+    the model-training view, whose default tab is the runs table.
+    """
+    uri = settings.mlflow_tracking_uri
+    experiment = "?"
+    if client is not None:
+        try:
+            if run_id:
+                experiment = client.get_run(run_id).info.experiment_id
+            else:
+                found = client.get_experiment_by_name(settings.mlflow_experiment)
+                experiment = found.experiment_id if found else "?"
+        except Exception:  # an unreachable server: the command below still opens the UI
+            experiment = "?"
+    page = f"#/experiments/{experiment}?workflowType=machine_learning" if experiment != "?" else "#/experiments"
+    if uri.startswith(("http://", "https://")):
+        return [f"{'MLflow runs:':<20} {uri.rstrip('/')}/{page}"]
+    venv_mlflow = Path(sys.executable).parent / "mlflow"
+    command = _relative(venv_mlflow) if venv_mlflow.exists() else "mlflow"
+    direct = f"{command} ui --backend-store-uri {uri}"
+    makefile = Path.cwd() / "Makefile"
+    if makefile.exists() and "mlflow-ui:" in makefile.read_text():
+        default_state = Path(settings.state_dir) == (Path.cwd() / ".state").resolve()
+        make = "make mlflow-ui" + ("" if default_state else f" MLWF_STATE_DIR={settings.state_dir}")
+        first = f"{'MLflow runs:':<20} {make}   (or: {direct})"
+    else:
+        first = f"{'MLflow runs:':<20} {direct}"
+    return [first, f"{'':<20} then open http://127.0.0.1:5000/{page}"]
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _summary(run: Any) -> str:
+    from components import tracking
     from components.settings import get_settings
 
     settings = get_settings()
-    lines = [f"\nPipeline finished in {run.seconds:.1f}s. Run directory: {run.run_dir}", "", "Steps (wall time, process start-up included):"]
-    steps = run.step_seconds()
-    for name, seconds in steps.items():
-        lines.append(f"  {name:<14} {seconds:6.1f}s  {seconds / max(run.seconds, 1e-9):5.1%}")
+    lines = ["", f"Pipeline finished in {run.seconds:.1f} s. Run directory: {run.run_dir}"]
+    if run.steps:
+        lines.append(f"{'Step logs:':<20} {run.logs_dir}/ ({', '.join(s.log.name for s in run.steps)})")
     # Copies with an .html name, so a browser opens them; the artifacts stay where Kubeflow put them.
     reports = Path(settings.state_dir) / "reports"
     for task, artifact, label, name in (("validate-op", "report", "Validation report", "validation.html"),
@@ -143,27 +302,44 @@ def _summary(run: Any) -> str:
             reports.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run.artifact(task, artifact), reports / name)
             lines.append(f"{label + ':':<20} {reports / name}")
+    try:
+        client = tracking.configure(settings)
+    except Exception as err:  # the summary still says everything the steps recorded
+        client = None
+        lines.append(f"{'MLflow:':<20} unreachable ({type(err).__name__}: {str(err)[:200]})")
+    run_id = run.metadata("train-op", "model").get("run_id") if run.ran("train-op") else None
+    if run.ran("evaluate-op"):
+        lines += ["", *_gate_lines(_gate_record(run, client), str(run.output("train-op", "version")))]
     if run.ran("validate-op"):
-        lines.append(f"{'Quarantined rows:':<20} {run.artifact('validate-op', 'quarantine')} (Parquet, with the failed expectations)")
-    db = settings.mlflow_tracking_uri
-    lines.append(f"{'MLflow runs:':<20} mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
+        quarantine = run.metadata("validate-op", "quarantine")
+        rows = run.metadata("validate-op", "metrics").get("rows")
+        where = quarantine.get("store") or run.artifact("validate-op", "quarantine")
+        lines.append(f"{'Quarantined rows:':<20} {_count(quarantine.get('rows'))} of {_count(rows)} in {where} (Parquet, with the failed expectations)")
+    lines += _mlflow_lines(settings, client, run_id)
     if run.ran("deploy-op"):
-        deployment = run.artifact("deploy-op", "deployment").read_text()
-        lines.append("\n" + deployment)
+        deployed = run.metadata("deploy-op", "deployment")
+        curl = next((line for line in run.artifact("deploy-op", "deployment").read_text().splitlines() if line.startswith("curl ")), None)
+        lines.append(f"{'Served:':<20} {run.output('train-op', 'model_name')} v{deployed.get('version', '?')} at {deployed.get('url', '?')}")
+        if curl:
+            lines.append(f"{'Try it:':<20} {curl}")
+        lines.append(f"{'Stop the server:':<20} make stop   (or: mlwf stop)")
     else:
-        lines.append("\nThe gate did not pass, so nothing was deployed: the evaluation report says why.")
+        lines.append("Nothing was deployed: the gate did not pass (the reasons above; the evaluation report has the details).")
     return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.local:
-        return _fail("only --local runs here; use `mlwf compile` and `mlwf submit` for a cluster")
+        return _fail("`mlwf run` runs the pipeline on this machine only: add --local. For a Kubeflow cluster, write the "
+                     "package with `mlwf compile` and start a run with `mlwf submit --host <KFP API URL>`")
     from pipelines.local import PipelineFailed, run_local
 
     source = args.data or str(_demo_data_path())
     try:
         _check_inputs(args.dataset, source)
-        run = run_local(_run_arguments(args, source))
+        print("running the training pipeline on this machine (kfp.local); each step's whole output goes to its log file",
+              flush=True)
+        run = run_local(_run_arguments(args, source), console=sys.stdout, describe=_describe_step(args.epochs))
     except (PipelineFailed, FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     print(_summary(run))
@@ -329,6 +505,8 @@ def _monitor_summary(run: Any) -> str:
         lines.append(f"  {f['feature']:<18} {f['psi']:8.3f} {ks}  {f['level']}{'  <- ' + '; '.join(f['reasons']) if f['reasons'] else ''}")
     verdict = "insufficient data" if summary["insufficient"] else ("DRIFT ALERT: " + ", ".join(summary["drifted"]) if summary["alert"] else "no drift alert")
     lines += ["", f"{'Verdict:':<20} {verdict}", f"{'Drift report:':<20} {run.artifact('drift-op', 'report')}"]
+    if getattr(run, "logs_dir", None):
+        lines.append(f"{'Step logs:':<20} {run.logs_dir}/ ({', '.join(s.log.name for s in run.steps)})")
     if run.ran("retrain-op"):
         lines.append(f"{'Retraining:':<20} " + run.artifact("retrain-op", "decision").read_text().splitlines()[2])
     else:
@@ -340,12 +518,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     if not args.local:
         return _fail("only --local runs here; on a cluster use `mlwf compile` and `mlwf schedule`")
     from components.settings import get_settings
-    from pipelines.local import PipelineFailed
+    from pipelines.local import PipelineFailed, progress_to
     from pipelines.monitoring import run_monitoring_local
 
     try:
         training = _training_arguments({"dataset_spec": args.dataset, "source_uri": args.retrain_data or str(_demo_data_path())}, args.retrain_arg)
-        run = run_monitoring_local(_monitor_arguments(args, training))
+        with progress_to(sys.stdout):  # a line per step; each step's output goes to its log file
+            run = run_monitoring_local(_monitor_arguments(args, training))
     except (PipelineFailed, ValueError) as err:
         return _fail(str(err))
     print(_monitor_summary(run))
@@ -399,7 +578,7 @@ def cmd_drift_demo(args: argparse.Namespace) -> int:
     from components.deploy import service_name
     from components.request_log import RequestLogWriter, read_window
     from components.settings import get_settings
-    from pipelines.local import PipelineFailed
+    from pipelines.local import PipelineFailed, progress_to
     from pipelines.monitoring import run_monitoring_local
 
     settings = get_settings()
@@ -457,9 +636,10 @@ def cmd_drift_demo(args: argparse.Namespace) -> int:
         return _fail(str(err))
     arguments = {"model_name": args.model, "window_hours": args.window_hours, "cooldown_hours": args.cooldown_hours,
                  "labels_uri": str(labels), "training_arguments": json.dumps(training)}
-    print("running the monitoring pipeline (kfp.local) ...")
+    print("running the monitoring pipeline (kfp.local); each step's whole output goes to its log file", flush=True)
     try:
-        run = run_monitoring_local(arguments)
+        with progress_to(sys.stdout):
+            run = run_monitoring_local(arguments)
     except PipelineFailed as err:
         return _fail(str(err))
     print(_monitor_summary(run))
@@ -546,13 +726,31 @@ def cmd_rollout_demo(args: argparse.Namespace) -> int:
     return _fail(f"the broken canary was promoted (v{deployed.version} now serves): the analysis let it through")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlwf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default. An option whose help already says what its default means
+    (a computed path, "the policy file's value") keeps that wording; a flag's default is "off"."""
 
-    gen = sub.add_parser("generate", help="write the demo dataset")
-    gen.add_argument("--rows", type=int, default=20_000)
-    gen.add_argument("--seed", type=int, default=7)
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or action.required or action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: off)".strip()
+        if isinstance(action, argparse._AppendAction):
+            return f"{text} (default: none)".strip()
+        return f"{text} (default: %(default)s)".strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlwf", description=__doc__, formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+    gen = command("generate", "write the demo dataset")
+    gen.add_argument("--rows", type=int, default=20_000, help="transactions to generate")
+    gen.add_argument("--seed", type=int, default=7, help="random seed (the same seed writes the same data)")
     gen.add_argument("--bad-fraction", type=float, default=0.0, help="share of rows to corrupt (quarantine demo)")
     gen.add_argument("--drift", type=float, default=0.0, help="0..1, shift amounts and the channel/category mix")
     gen.add_argument("--out", help="CSV or Parquet path (default: the state directory's data/transactions.csv)")
@@ -560,46 +758,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", default="transactions", help="dataset spec: a bundled name, a YAML path or s3:// URI")
-        p.add_argument("--epochs", type=int, default=30)
-        p.add_argument("--seed", type=int, default=42)
+        p.add_argument("--epochs", type=int, default=30,
+                       help="maximum training epochs: early stopping ends training sooner when the validation ROC-AUC stops improving")
+        p.add_argument("--seed", type=int, default=42, help="training seed")
         p.add_argument("--gate-policy", default="", help="gate policy file (default: <dataset>.policy.yaml beside the spec)")
-        p.add_argument("--min-roc-auc", type=float, default=-1.0, help="override the policy's minimum ROC-AUC (>= 0)")
-        p.add_argument("--max-p99-latency-ms", type=float, default=-1.0, help="override the policy's latency budget (>= 0)")
-        p.add_argument("--max-regression", type=float, default=-1.0, help="override the policy's champion tolerance (>= 0)")
+        p.add_argument("--min-roc-auc", type=float, default=-1.0,
+                       help="override the policy's minimum ROC-AUC with a value >= 0 (default: -1, the policy file's value)")
+        p.add_argument("--max-p99-latency-ms", type=float, default=-1.0,
+                       help="override the policy's per-row p99 latency budget with a value >= 0 (default: -1, the policy file's value)")
+        p.add_argument("--max-regression", type=float, default=-1.0,
+                       help="override the policy's tolerance against the champion with a value >= 0 (default: -1, the policy file's value)")
 
-    run = sub.add_parser("run", help="run the training pipeline")
-    run.add_argument("--local", action="store_true", help="on this machine with kfp.local")
-    run.add_argument("--data", help="input CSV/Parquet, local or s3:// (default: the generated demo data)")
+    run = command("run", "run the training pipeline (on this machine with --local; on a cluster: compile + submit)")
+    run.add_argument("--local", action="store_true", help="run on this machine with kfp.local (required: `mlwf submit` runs on a cluster)")
+    run.add_argument("--data", help="input CSV/Parquet file or directory, local or s3:// (default: the generated demo data)")
     run_options(run)
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="generate demo data if missing and run the pipeline locally")
-    demo.add_argument("--rows", type=int, default=20_000)
-    demo.add_argument("--regenerate", action="store_true")
+    demo = command("demo", "generate demo data if missing and run the pipeline locally")
+    demo.add_argument("--rows", type=int, default=20_000, help="demo transactions to generate when there are none")
+    demo.add_argument("--regenerate", action="store_true", help="write new demo data even when some exists")
     run_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    comp = sub.add_parser("compile", help="write the pipeline package")
-    comp.add_argument("--out", default=DEFAULT_PACKAGE)
+    comp = command("compile", "write the pipeline packages (training and monitoring)")
+    comp.add_argument("--out", default=DEFAULT_PACKAGE, help="the training package; the monitoring one is written beside it")
     comp.add_argument("--image", help="components image (default: MLWF_COMPONENTS_IMAGE or the release tag)")
-    comp.add_argument("--digest", help="pin the image by digest (sha256:...)")
+    comp.add_argument("--digest", help="pin the image by digest, sha256:... (default: none, the image by tag)")
     comp.set_defaults(func=cmd_compile)
 
-    sub_ = sub.add_parser("submit", help="create a run on Kubeflow Pipelines")
-    sub_.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
-    sub_.add_argument("--namespace", default="mlwf")
-    sub_.add_argument("--experiment", default="mlwf")
-    sub_.add_argument("--run-name", default=None)
-    sub_.add_argument("--package", default=DEFAULT_PACKAGE)
+    sub_ = command("submit", "create a run on Kubeflow Pipelines")
+    sub_.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (required)")
+    sub_.add_argument("--namespace", default="mlwf", help="Kubernetes namespace of the run")
+    sub_.add_argument("--experiment", default="mlwf", help="KFP experiment the run belongs to")
+    sub_.add_argument("--run-name", default=None, help="name of the run (default: KFP names it)")
+    sub_.add_argument("--package", default=DEFAULT_PACKAGE, help="compiled pipeline package")
     sub_.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="pipeline argument (repeatable)")
     sub_.set_defaults(func=cmd_submit)
 
-    stop = sub.add_parser("stop", help="stop the local model server")
+    stop = command("stop", "stop the local model server")
     stop.set_defaults(func=cmd_stop)
 
-    demo_rollout = sub.add_parser("rollout-demo", help="canary a deliberately broken model against the local champion, see it rolled back")
+    demo_rollout = command("rollout-demo", "canary a deliberately broken model against the local champion, see it rolled back")
     demo_rollout.add_argument("--broken", choices=["errors", "slow"], default="errors",
-                              help="errors: requests fail with 400; slow: answers are right but late (default: errors)")
+                              help="errors: requests fail with 400; slow: answers are right but late")
     demo_rollout.add_argument("--model", default="transactions_classifier", help="registered model name of the champion")
     demo_rollout.add_argument("--data", help="CSV whose latest rows are replayed as traffic (default: the demo data)")
     demo_rollout.set_defaults(func=cmd_rollout_demo)
@@ -609,51 +811,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--window-hours", type=float, default=window, help="served traffic of this many past hours")
         p.add_argument("--cooldown-hours", type=float, default=24.0, help="no second retraining within this time")
 
-    mon = sub.add_parser("monitor", help="drift of the served traffic vs the champion; retrain on an alert")
-    mon.add_argument("--local", action="store_true", help="on this machine with kfp.local")
+    mon = command("monitor", "drift of the served traffic vs the champion; retrain on an alert")
+    mon.add_argument("--local", action="store_true", help="run on this machine with kfp.local (required: `mlwf schedule` runs on a cluster)")
     monitor_options(mon, 24.0)
-    mon.add_argument("--psi-warn", type=float, default=0.1)
-    mon.add_argument("--psi-alert", type=float, default=0.25)
-    mon.add_argument("--ks-alpha", type=float, default=0.01)
+    mon.add_argument("--psi-warn", type=float, default=0.1, help="PSI from which a feature is reported as shifted")
+    mon.add_argument("--psi-alert", type=float, default=0.25, help="PSI from which a feature raises the drift alert")
+    mon.add_argument("--ks-alpha", type=float, default=0.01, help="significance level of the KS test")
     mon.add_argument("--ks-min-d", type=float, default=0.1, help="floor on the KS statistic D")
     mon.add_argument("--min-rows", type=int, default=200, help="fewer served rows: no decision")
-    mon.add_argument("--labels", help="delayed labels (CSV/Parquet/JSONL: entity, label, ts) for live ROC-AUC")
-    mon.add_argument("--pushgateway", help="also push the gauges to this Prometheus Pushgateway")
+    mon.add_argument("--labels", help="delayed labels (CSV/Parquet/JSONL: entity, label, ts) for live ROC-AUC (default: none)")
+    mon.add_argument("--pushgateway", help="also push the gauges to this Prometheus Pushgateway (default: none, the textfile only)")
     mon.add_argument("--dataset", default="transactions", help="dataset spec the retraining uses")
     mon.add_argument("--retrain-data", help="input the retraining reads (default: the demo data)")
-    mon.add_argument("--retrain-arg", action="append", default=[], metavar="NAME=VALUE", help="training pipeline argument")
+    mon.add_argument("--retrain-arg", action="append", default=[], metavar="NAME=VALUE", help="training pipeline argument (repeatable)")
     mon.set_defaults(func=cmd_monitor)
 
-    dd = sub.add_parser("drift-demo", help="replay drifted traffic to the served champion; the monitor detects it and retrains")
+    dd = command("drift-demo", "replay drifted traffic to the served champion; the monitor detects it and retrains")
     monitor_options(dd, 1.0)
     dd.add_argument("--rows", type=int, default=20_000, help="drifted transactions generated (the retraining's data)")
     dd.add_argument("--replay", type=int, default=5_000, help="how many of them are sent to the model server")
     dd.add_argument("--batch", type=int, default=100, help="rows per HTTP request")
-    dd.add_argument("--drift", type=float, default=1.0)
-    dd.add_argument("--seed", type=int, default=11)
-    dd.add_argument("--epochs", type=int, default=30)
-    dd.add_argument("--retrain-arg", action="append", default=[], metavar="NAME=VALUE", help="training pipeline argument")
+    dd.add_argument("--drift", type=float, default=1.0, help="0..1, how far the generated traffic drifts")
+    dd.add_argument("--seed", type=int, default=11, help="seed of the drifted data")
+    dd.add_argument("--epochs", type=int, default=30, help="maximum epochs of the retraining (early stopping ends it sooner)")
+    dd.add_argument("--retrain-arg", action="append", default=[], metavar="NAME=VALUE", help="training pipeline argument (repeatable)")
     dd.set_defaults(func=cmd_drift_demo)
 
-    sch = sub.add_parser("schedule", help="create a recurring monitoring run on Kubeflow Pipelines")
-    sch.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
-    sch.add_argument("--namespace", default="mlwf")
-    sch.add_argument("--experiment", default="mlwf-monitoring")
-    sch.add_argument("--job-name", default="mlwf-drift-monitor")
+    sch = command("schedule", "create a recurring monitoring run on Kubeflow Pipelines")
+    sch.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (required)")
+    sch.add_argument("--namespace", default="mlwf", help="Kubernetes namespace of the runs")
+    sch.add_argument("--experiment", default="mlwf-monitoring", help="KFP experiment the runs belong to")
+    sch.add_argument("--job-name", default="mlwf-drift-monitor", help="name of the recurring run")
     sch.add_argument("--cron", default="0 * * * *", help="cron expression (5 fields, or 6 with seconds first)")
-    sch.add_argument("--package", default=MONITORING_PACKAGE)
+    sch.add_argument("--package", default=MONITORING_PACKAGE, help="compiled monitoring package")
     sch.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="pipeline argument (repeatable)")
     sch.set_defaults(func=cmd_schedule)
 
-    suite = sub.add_parser("suite", help="write or update the validation suite beside a dataset spec")
+    suite = command("suite", "write or update the validation suite beside a dataset spec")
     suite.add_argument("--dataset", default="transactions", help="dataset spec: a bundled name, a YAML path or s3:// URI")
     suite.add_argument("--check", action="store_true", help="only check that the suite is current (exit 2 if not)")
     suite.set_defaults(func=cmd_suite)
 
-    lin = sub.add_parser("lineage", help="where a dataset version or a model version came from")
+    lin = command("lineage", "where a dataset version or a model version came from")
     lin.add_argument("ref", help="a dataset spec (name or path), or a model version: NAME/VERSION, NAME@ALIAS, models:/...")
-    lin.add_argument("--version", help="a dataset version (fingerprint) instead of the latest")
-    lin.add_argument("--row", help="an entity key: the file and line its row(s) came from")
+    lin.add_argument("--version", help="a dataset version (fingerprint) instead of the latest (default: the latest)")
+    lin.add_argument("--row", help="an entity key: the file and line its row(s) came from (default: none)")
     lin.add_argument("--json", action="store_true", help="the whole record as JSON")
     lin.set_defaults(func=cmd_lineage)
     return parser

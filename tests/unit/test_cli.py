@@ -106,3 +106,165 @@ def test_suite_command_and_first_use_of_a_local_spec(tmp_path, state_dir, capsys
         _check_inputs(str(spec), str(data))
     assert main(["suite", "--dataset", str(spec)]) == 0 and "wrote" in capsys.readouterr().out
     _check_inputs(str(spec), str(data))
+
+
+# --- a local run as a person reads it -----------------------------------------------------------------------------
+# Two tiny lightweight components run by the real kfp.local SubprocessRunner (as `mlwf run --local` runs its steps):
+# one floods its output the way a real step does, one fails with a traceback after doing so.
+
+from kfp import dsl
+
+_component = dsl.component(base_image="python:3.11", install_kfp_package=False)
+
+
+@_component
+def noisy_op(lines: int) -> int:
+    import sys
+    import warnings
+
+    for i in range(lines):
+        print(f"noisy line {i}")
+    print("native-looking noise on stderr", file=sys.stderr)
+    warnings.warn("a library warning")
+    return lines
+
+
+@_component
+def failing_op(lines: int):
+    for i in range(lines):
+        print(f"chatter {i}")
+
+    def load_model(path: str) -> None:
+        raise ValueError(f"the model bundle at {path} has no signature")
+
+    load_model("/nowhere/bundle")
+
+
+@dsl.pipeline(name="log-capture-ok")
+def ok_pipeline(lines: int = 200) -> None:
+    first = noisy_op(lines=lines).set_display_name("first")
+    noisy_op(lines=first.output).set_display_name("second")
+
+
+@dsl.pipeline(name="log-capture-fail")
+def failing_pipeline(lines: int = 200) -> None:
+    first = noisy_op(lines=lines).set_display_name("first")
+    failing_op(lines=first.output).set_display_name("breaks")
+
+
+def test_a_local_run_prints_a_line_per_step_and_logs_everything_else(state_dir, capfd):
+    import io
+
+    from pipelines.local import run_pipeline_locally
+
+    console = io.StringIO()
+    seen = []
+    run = run_pipeline_locally(ok_pipeline, {"lines": 200}, "log-capture-ok", console,
+                               lambda task, where: seen.append(task) or f"{task} result")
+    lines = console.getvalue().splitlines()
+    assert len(lines) == 2, console.getvalue()
+    assert lines[0].startswith("[1/2] first ...") and lines[0].endswith("noisy-op result")
+    assert lines[1].startswith("[2/2] second ...") and " s  " in lines[1]
+    leaked = capfd.readouterr()
+    assert "noisy line" not in leaked.out + leaked.err and "executor_input" not in leaked.out + leaked.err, leaked
+    logs = run.logs_dir
+    assert sorted(p.name for p in logs.iterdir()) == ["noisy-op-2.log", "noisy-op.log", "pipeline.log"]
+    first = (logs / "noisy-op.log").read_text()
+    assert "noisy line 199" in first and "Got executor_input" in first and "native-looking noise on stderr" in first
+    assert "Running pipeline" in (logs / "pipeline.log").read_text()
+    assert [s.display for s in run.steps] == ["first", "second"] and all(s.ok for s in run.steps)
+    assert run.output("noisy-op-2", "Output") == 200
+
+
+def test_a_failing_step_names_itself_its_log_and_prints_the_tail(state_dir, capfd):
+    import io
+
+    from pipelines.local import TAIL_LINES, PipelineFailed, run_pipeline_locally
+
+    console = io.StringIO()
+    with pytest.raises(PipelineFailed) as caught:
+        run_pipeline_locally(failing_pipeline, {"lines": 200}, "log-capture-fail", console)
+    err = caught.value
+    first_line = str(err).splitlines()[0]
+    assert "'breaks'" in first_line and "ValueError: the model bundle at /nowhere/bundle has no signature" in first_line
+    assert err.log is not None and err.log.name == "failing-op.log" and str(err.log) in str(err)
+    assert 0 < len(err.tail) <= TAIL_LINES
+    assert any("Traceback (most recent call last)" in line for line in err.tail)
+    assert any("in load_model" in line for line in err.tail)  # the traceback in full, down to the raising frame
+    assert "chatter 199" in err.log.read_text()  # the whole output is in the log
+    progress = console.getvalue().splitlines()
+    assert progress[0].startswith("[1/2] first ...") and progress[1].startswith("[2/2] breaks ...")
+    assert "FAILED" in progress[1] and str(err.log) in progress[1]
+    leaked = capfd.readouterr()
+    assert "chatter" not in leaked.out + leaked.err
+
+
+def test_mlwf_run_prints_the_failing_steps_log_tail(tmp_path, state_dir, capfd, monkeypatch):
+    from pipelines import cli, local
+
+    def run_local(arguments, console=None, describe=None):
+        return local.run_pipeline_locally(failing_pipeline, {"lines": 60}, "log-capture-fail", console, describe)
+
+    monkeypatch.setattr(local, "run_local", run_local)
+    monkeypatch.setattr(cli, "_check_inputs", lambda dataset, source: None)
+    assert main(["run", "--local", "--data", str(tmp_path / "any.csv")]) == 2
+    out, err = capfd.readouterr()
+    assert "[2/2] breaks ..." in out and "FAILED" in out
+    assert err.startswith("mlwf: error: step 'breaks' (failing-op) failed: ValueError: the model bundle")
+    assert "failing-op.log" in err and "Traceback (most recent call last)" in err and 'raise ValueError(f"the model bundle' in err
+    assert "executor_input" not in out + err and "chatter 0" not in out + err  # only the tail, never the whole dump
+
+
+def test_every_option_says_its_default_and_epochs_is_a_maximum(capsys):
+    import argparse
+
+    from pipelines.cli import _HelpFormatter, build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    formatter = _HelpFormatter("mlwf")
+    for name, command in commands.items():
+        for action in command._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction) or action.required:
+                continue
+            text = formatter._get_help_string(action) or ""
+            assert "default" in text.lower(), f"mlwf {name} {action.option_strings[0]}: {text!r}"
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--epochs EPOCHS maximum training epochs: early stopping ends training sooner" in help_text
+    assert "(default: 30)" in help_text and "(default: transactions)" in help_text
+
+
+def test_an_unknown_bundled_spec_lists_the_bundled_ones(tmp_path):
+    result = run_cli("run", "--local", "--dataset", "transaction", "--data", str(tmp_path / "x.csv"), env_state=tmp_path / "state")
+    assert result.returncode == 2
+    assert "did you mean 'transactions'?" in result.stderr and "the bundled ones are transactions" in result.stderr
+
+
+def test_a_misspelt_column_gets_did_you_mean(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: s\nlabel: {column: y, positive: 1}\nfeatures: {numeric: [amout, x]}\n")
+    data = tmp_path / "d.csv"
+    data.write_text("amount,x,y\n1,2,0\n2,3,1\n")
+    result = run_cli("run", "--local", "--dataset", str(spec), "--data", str(data), env_state=tmp_path / "state")
+    assert result.returncode == 2 and "lacks: ['amout'] (did you mean 'amount'?)" in result.stderr, result.stderr
+
+
+def test_the_mlflow_line_is_a_command_that_runs_and_the_training_view_url(tmp_path, state_dir, monkeypatch):
+    from pathlib import Path
+
+    from components import tracking
+    from components.settings import get_settings
+    from pipelines.cli import _mlflow_lines
+
+    settings = get_settings()
+    client = tracking.configure(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment).experiment_id
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the project's root, where `make mlflow-ui` works
+    first, second = _mlflow_lines(settings, client, None)
+    assert f"make mlflow-ui MLWF_STATE_DIR={settings.state_dir}" in first
+    command = first.split("(or: ", 1)[1].rstrip(")").split()
+    assert command[1:] == ["ui", "--backend-store-uri", settings.mlflow_tracking_uri]
+    assert Path(command[0]).absolute() == Path(sys.executable).parent.absolute() / "mlflow"  # this venv's mlflow
+    assert second.strip() == f"then open http://127.0.0.1:5000/#/experiments/{experiment}?workflowType=machine_learning"
