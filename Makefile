@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+INSTALL_LOG := $(VENV)/install.log
 export MLWF_STATE_DIR ?= $(CURDIR)/.state
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -20,14 +21,18 @@ MLWF_PLATFORM ?=
 IMAGES_RECORD := build/images.json
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools demo test test-unit test-integration test-contract compile images bench bench-quick stop clean crds
+.PHONY: help install tools demo test test-unit test-integration test-contract compile images bench bench-quick mlflow-ui stop clean crds
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
 
+# pip's whole output (notices, warnings a machine's pip config causes) goes to the log; the console gets
+# one line, or the log's tail when the install fails.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@echo "installing mlwf and its pinned dependencies into $(VENV) (log: $(INSTALL_LOG))"
+	@$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' >$(INSTALL_LOG) 2>&1 || \
+	  { tail -n 40 $(INSTALL_LOG) >&2; echo "install failed: the whole log is $(INSTALL_LOG)" >&2; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the project with every dependency pinned (constraints.txt)
@@ -81,6 +86,11 @@ rollout-demo: $(STAMP) ## Canary a deliberately broken model against the demo's 
 crds: $(STAMP) ## Re-extract manifests/crds/schemas from upstream CRD files: make crds CRD_SOURCE=<folder> (see manifests/crds/PROVENANCE.md)
 	@test -n "$(CRD_SOURCE)" || { echo "usage: make crds CRD_SOURCE=<folder of upstream CRD YAMLs, one subfolder per project>" >&2; exit 2; }
 	$(BIN)/python manifests/crds/extract.py --source '$(CRD_SOURCE)'
+
+mlflow-ui: $(STAMP) ## The MLflow UI on the local runs (the state directory's SQLite store) at http://127.0.0.1:5000
+	@uri="$$($(BIN)/python -c 'from components.settings import get_settings; print(get_settings().mlflow_tracking_uri)')" && \
+	  echo "$(BIN)/mlflow ui --backend-store-uri $$uri --host 127.0.0.1 --port 5000   (Ctrl-C stops it)" && \
+	  exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000
 
 stop: $(STAMP) ## Stop the local model server started by the demo
 	$(BIN)/mlwf stop
