@@ -88,7 +88,7 @@ crds: $(STAMP) ## Re-extract manifests/crds/schemas from upstream CRD files: mak
 	$(BIN)/python manifests/crds/extract.py --source '$(CRD_SOURCE)'
 
 mlflow-ui: $(STAMP) ## The MLflow UI on the local runs (the state directory's SQLite store) at http://127.0.0.1:5000
-	@uri="$$($(BIN)/python -c 'from components.settings import get_settings; print(get_settings().mlflow_tracking_uri)')" && \
+	@uri="$$($(BIN)/python -c 'from components.core.settings import get_settings; print(get_settings().mlflow_tracking_uri)')" && \
 	  echo "$(BIN)/mlflow ui --backend-store-uri $$uri --host 127.0.0.1 --port 5000   (Ctrl-C stops it)" && \
 	  exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000
 

@@ -1,6 +1,6 @@
 """Drift check of one monitoring run: KS and PSI over N rows x 20 numeric features (1M; quick: 50k).
 
-Project: components/drift.py against the frozen training profile (components/train.py reference_profile,
+Project: components/monitoring/drift.py against the frozen training profile (components/training/train.py reference_profile,
 built once per model at training time and timed here separately). Anchors, in the same run on the same data:
 - scipy.stats.ks_2samp column by column (reference sample vs current);
 - a plain numpy histogram PSI the way it is usually written: quantile bins from the reference sample, then
@@ -37,8 +37,8 @@ def _data(rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def run(quick: bool) -> list[Figure]:
     from scipy.stats import ks_2samp
 
-    from components import drift
-    from components.train import reference_profile
+    from components.monitoring import drift
+    from components.training.train import reference_profile
 
     rows = 50_000 if quick else 1_000_000
     repeats = 3 if quick else 5

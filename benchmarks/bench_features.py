@@ -23,7 +23,7 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def _spec():
-    from components.spec import parse_spec
+    from components.core.spec import parse_spec
 
     return parse_spec({"name": "bench", "label": {"column": "y", "positive": 1}, "entity": "entity_id", "timestamp": "ts",
                        "features": {"numeric": NUMERIC, "categorical": CATEGORICAL}})
@@ -42,8 +42,8 @@ def _rows(n: int) -> pd.DataFrame:
 
 def _fresh_store(root: str, rows: pd.DataFrame):
     os.environ["MLWF_STATE_DIR"] = root
-    from components import features
-    from components.settings import get_settings
+    from components.core.settings import get_settings
+    from components.features import store as features
 
     spec, settings = _spec(), get_settings()
     repo = features.declare(spec, settings)
@@ -54,7 +54,7 @@ def _fresh_store(root: str, rows: pd.DataFrame):
 
 
 def run(quick: bool) -> list[Figure]:
-    from components.materialize import materialize_incremental
+    from components.features.materialize import materialize_incremental
 
     n = 20_000 if quick else int(os.environ.get("MLWF_BENCH_FEATURES_ROWS", 1_000_000))
     rows = _rows(n)
@@ -69,7 +69,7 @@ def run(quick: bool) -> list[Figure]:
 
             spec, settings, bulk = _fresh_store(bulk_root, rows)
             started = time.perf_counter()
-            from components.features import read_offline
+            from components.features.store import read_offline
 
             offline = read_offline(spec, settings, T0 - timedelta(days=1), end)
             done = materialize_incremental(bulk, spec, offline, end, settings.feast_online)

@@ -31,9 +31,9 @@ STEP_IMPORTS = {
 
 CHILD = r"""
 import json, os, resource, sys, time
-from components.datagen import GenConfig, write
+from components.data.datagen import GenConfig, write
 from pipelines.local import run_local
-from components.deploy import stop_local
+from components.deployment.local import stop_local
 rows, data = int(sys.argv[1]), sys.argv[2]
 write(GenConfig(rows=rows, seed=7, bad_fraction=0.01), data)
 run = run_local({"dataset_spec": "transactions", "source_uri": data, "epochs": 10, "min_roc_auc": 0.5})

@@ -47,9 +47,9 @@ def build_bundle(directory: str, rows: int = 3000) -> list[dict[str, Any]]:
     """Train a small real bundle on generated transactions; returns a few rows of raw feature values."""
     import pandas as pd
 
-    from components.datagen import GenConfig, generate
-    from components.spec import load_spec
-    from components.train import TrainParams, build_bundle as seal, train_model
+    from components.data.datagen import GenConfig, generate
+    from components.core.spec import load_spec
+    from components.training.train import TrainParams, build_bundle as seal, train_model
 
     spec = load_spec("transactions")
     df = generate(GenConfig(rows=rows, seed=11))
@@ -219,7 +219,7 @@ def load(port: int, request: bytes, seconds: float, connections: int = CONNECTIO
 def run(quick: bool) -> list[Figure]:
     import orjson
 
-    from components.spec import load_spec
+    from components.core.spec import load_spec
 
     spec = load_spec("transactions")
     numeric = [f.name for f in spec.numeric]
@@ -346,7 +346,7 @@ def serve_stock(model_dir: str, port: int) -> None:
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
     from kserve.protocol.rest.server import RESTServer
 
-    from components import bundle as bundle_lib
+    from components.core import bundle as bundle_lib
 
     class LoopbackRESTServer(RESTServer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -390,7 +390,7 @@ def serve_bare(model_dir: str, port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from components import bundle as bundle_lib
+    from components.core import bundle as bundle_lib
 
     torch.set_num_threads(1)
     bundle = bundle_lib.load(model_dir)

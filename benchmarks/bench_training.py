@@ -1,6 +1,6 @@
-"""Training throughput: the project's loop (components/train.py) beside a plain DataLoader loop, same run.
+"""Training throughput: the project's loop (components/training/train.py) beside a plain DataLoader loop, same run.
 
-Both train the same TabularNet on the same demo data (components/datagen.py), same batch size, optimizer,
+Both train the same TabularNet on the same demo data (components/data/datagen.py), same batch size, optimizer,
 loss and autocast, on the same device. The anchor is the ordinary way: `DataLoader(TensorDataset(...),
 shuffle=True)` on host tensors, each batch copied to the device, `loss.item()` per batch. Throughput is
 counted over the training part of each epoch only (validation and data preparation excluded), the first
@@ -35,8 +35,8 @@ PEAK_BANDWIDTH = (
 
 def training_frame(rows: int, seed: int = 7) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The demo data shaped as the features step hands it to training (event_timestamp, label, features)."""
-    from components.datagen import GenConfig, generate
-    from components.spec import load_spec
+    from components.core.spec import load_spec
+    from components.data.datagen import GenConfig, generate
 
     spec = load_spec("transactions")
     raw = generate(GenConfig(rows=rows, seed=seed))
@@ -47,7 +47,7 @@ def training_frame(rows: int, seed: int = 7) -> tuple[pd.DataFrame, list[str], l
 
 
 def project_rates(frame: pd.DataFrame, numeric: list[str], categorical: list[str], params: Any) -> list[float]:
-    from components.train import train_model
+    from components.training.train import train_model
 
     _, _, result = train_model(frame, numeric, categorical, params)
     return [row["samples_per_s"] for row in result.history]
@@ -58,9 +58,9 @@ def anchor_rates(frame: pd.DataFrame, numeric: list[str], categorical: list[str]
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from components.model import TabularNet
-    from components.spec import EVENT_TIMESTAMP
-    from components.train import _tensors, pick_device, vocabularies
+    from components.core.spec import EVENT_TIMESTAMP
+    from components.training.model import TabularNet
+    from components.training.train import _tensors, pick_device, vocabularies
 
     device = pick_device()
     torch.manual_seed(params.seed)
@@ -110,8 +110,8 @@ def peak_bandwidth(name: str) -> float | None:
 def run(quick: bool) -> list[Figure]:
     import torch
 
-    from components.model import TabularNet
-    from components.train import TrainParams
+    from components.training.model import TabularNet
+    from components.training.train import TrainParams
 
     rows, epochs, rounds = (20_000, 5, 2) if quick else (200_000, 4, 2)
     frame, numeric, categorical = training_frame(rows)

@@ -50,7 +50,8 @@ def _percentiles(fn, repeats: int) -> tuple[float, float]:
 def run(quick: bool) -> list[Figure]:
     import torch
 
-    from components.training import threads, trees
+    from components.core import threads
+    from components.training import trees
 
     n_threads = threads.apply_torch_threads()
     rounds = 60 if quick else 300

@@ -1,6 +1,6 @@
 """Validation with row-level quarantine: the GX suite over every row, beside plain pandas doing the same checks.
 
-Data: the demo generator (components/datagen.py), 1M rows (quick: 50k) with bad_fraction 0.01, ingested
+Data: the demo generator (components/data/datagen.py), 1M rows (quick: 50k) with bad_fraction 0.01, ingested
 as the pipeline does (CSV -> ingest's raw Parquet, text cells), once, outside the timings.
 
 Figures (medians of repeats, both sides on the same raw Parquet bytes in the same run):
@@ -34,9 +34,9 @@ NAME = "validation"
 
 def _raw_parquet(rows: int, workdir: str) -> bytes:
     """The demo data as ingest writes it for the validate step (all text, source file and line, first-seen time)."""
-    from components.datagen import GenConfig, write
-    from components.ingest import ingest
-    from components.spec import load_spec
+    from components.core.spec import load_spec
+    from components.data.datagen import GenConfig, write
+    from components.data.ingest import ingest
 
     csv = write(GenConfig(rows=rows, seed=7, bad_fraction=0.01), str(Path(workdir) / "transactions.csv"))
     out = Path(workdir) / "raw.parquet"
@@ -46,7 +46,7 @@ def _raw_parquet(rows: int, workdir: str) -> bytes:
 
 def project(raw_bytes: bytes, spec: Any, suite: Any) -> tuple[bytes, bytes, int]:
     """What validate_step does with the data (no report, no state records)."""
-    from components.validate import to_parquet_bytes, validate
+    from components.data.validate import to_parquet_bytes, validate
 
     with pd.option_context("future.infer_string", True):
         raw = pd.read_parquet(io.BytesIO(raw_bytes))
@@ -56,7 +56,7 @@ def project(raw_bytes: bytes, spec: Any, suite: Any) -> tuple[bytes, bytes, int]
 
 def without_gx(raw_bytes: bytes, spec: Any, suite: Any) -> tuple[bytes, bytes, int]:
     """The project's data path with GX left out (masks only, unchecked): what GX's pass over every row costs."""
-    from components import validate as V
+    from components.data import validate as V
 
     with pd.option_context("future.infer_string", True):
         raw = pd.read_parquet(io.BytesIO(raw_bytes))
@@ -73,8 +73,8 @@ NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
 def plain_pandas(raw_bytes: bytes, spec: Any) -> tuple[bytes, bytes, int]:
     """The same checks written the ordinary pandas way: object strings, masks, no GX."""
-    from components.spec import EVENT_TIMESTAMP, LABEL, SOURCE_LINE
-    from components.validate import canonical_label
+    from components.core.spec import EVENT_TIMESTAMP, LABEL, SOURCE_LINE
+    from components.data.validate import canonical_label
 
     raw = pd.read_parquet(io.BytesIO(raw_bytes))
     key = spec.entity_column
@@ -131,8 +131,8 @@ def plain_pandas(raw_bytes: bytes, spec: Any) -> tuple[bytes, bytes, int]:
 
 def run(quick: bool) -> list[Figure]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from components import validate as V
-    from components.spec import load_spec
+    from components.core.spec import load_spec
+    from components.data import validate as V
 
     rows = 50_000 if quick else 1_000_000
     repeats = 3

@@ -33,13 +33,13 @@ def _fail(message: str) -> int:
 
 
 def _demo_data_path() -> Path:
-    from components.settings import get_settings
+    from components.core.settings import get_settings
 
     return Path(get_settings().state_dir) / "data" / "transactions.csv"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from components.datagen import GenConfig, write
+    from components.data.datagen import GenConfig, write
 
     out = args.out or str(_demo_data_path())
     write(GenConfig(rows=args.rows, seed=args.seed, bad_fraction=args.bad_fraction, drift=args.drift), out)
@@ -67,11 +67,11 @@ def _check_inputs(dataset: str, source: str) -> None:
     user is told, to review and commit it); a suite that is stale against its spec is an error that
     names the command to refresh it, because someone may have reviewed the old one.
     """
-    from components import storage
-    from components.ingest import check_source
-    from components.settings import get_settings
-    from components.spec import load_spec
-    from components.validate import load_suite, suite_path, write_suite
+    from components.core import storage
+    from components.core.settings import get_settings
+    from components.core.spec import load_spec
+    from components.data.ingest import check_source
+    from components.data.validate import load_suite, suite_path, write_suite
 
     spec = load_spec(dataset)
     check_source(spec, source, get_settings().state_dir)  # reads the state store, writes nothing
@@ -85,8 +85,8 @@ def _check_inputs(dataset: str, source: str) -> None:
 
 def cmd_suite(args: argparse.Namespace) -> int:
     """Write or update the validation suite beside the spec (`--check`: only say whether it is current)."""
-    from components.spec import SpecError, load_spec
-    from components.validate import SuiteError, load_suite, write_suite
+    from components.core.spec import SpecError, load_spec
+    from components.data.validate import SuiteError, load_suite, write_suite
 
     try:
         if args.check:
@@ -103,9 +103,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Where a dataset version or a model version came from: input files, suite, code and run."""
-    from components import lineage
-    from components.settings import get_settings
-    from components.spec import SpecError, load_spec
+    from components.core import lineage
+    from components.core.settings import get_settings
+    from components.core.spec import SpecError, load_spec
 
     try:
         if lineage.is_model_ref(args.ref):
@@ -287,8 +287,8 @@ def _relative(path: Path) -> str:
 
 
 def _summary(run: Any) -> str:
-    from components import tracking
-    from components.settings import get_settings
+    from components.core import tracking
+    from components.core.settings import get_settings
 
     settings = get_settings()
     lines = ["", f"Pipeline finished in {run.seconds:.1f} s. Run directory: {run.run_dir}"]
@@ -349,7 +349,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     path = _demo_data_path()
     if not path.exists() or args.regenerate:
-        from components.datagen import GenConfig, write
+        from components.data.datagen import GenConfig, write
 
         write(GenConfig(rows=args.rows, seed=7, bad_fraction=0.01), str(path))
         print(f"generated {args.rows} demo transactions (1% deliberately bad) in {path}")
@@ -362,8 +362,8 @@ def compile_package(out: str, image: str | None = None, pipeline: Any = None) ->
     import yaml
     from kfp import compiler
 
-    from components.settings import get_settings
-    from components.steps import PLACEHOLDER_IMAGE, stamp_image
+    from components.core.settings import get_settings
+    from pipelines.ops import PLACEHOLDER_IMAGE, stamp_image
     from pipelines.training import training_pipeline
 
     image = image or get_settings().components_image
@@ -464,8 +464,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from components.deploy import stop_local
-    from components.settings import get_settings
+    from components.core.settings import get_settings
+    from components.deployment.local import stop_local
 
     stopped = 0
     for record in (Path(get_settings().state_dir) / "serving").glob("*/server.json"):
@@ -517,7 +517,7 @@ def _monitor_summary(run: Any) -> str:
 def cmd_monitor(args: argparse.Namespace) -> int:
     if not args.local:
         return _fail("only --local runs here; on a cluster use `mlwf compile` and `mlwf schedule`")
-    from components.settings import get_settings
+    from components.core.settings import get_settings
     from pipelines.local import PipelineFailed, progress_to
     from pipelines.monitoring import run_monitoring_local
 
@@ -545,8 +545,8 @@ def _serve_champion(settings: Any, model: str, instances: list[dict[str, Any]]) 
     """The champion's predict URL: the running local server when it serves the champion, else a fresh one."""
     import tempfile
 
-    from components import tracking
-    from components.deploy import deploy_local, service_name
+    from components.core import tracking
+    from components.deployment.local import deploy_local, service_name
 
     client = tracking.configure(settings)
     champion = tracking.alias_version(client, model, "champion")
@@ -572,12 +572,12 @@ def cmd_drift_demo(args: argparse.Namespace) -> int:
 
     import requests
 
-    from components import bundle as bundle_lib
-    from components import tracking
-    from components.datagen import GenConfig, generate
-    from components.deploy import service_name
-    from components.request_log import RequestLogWriter, read_window
-    from components.settings import get_settings
+    from components.core import bundle as bundle_lib
+    from components.core import tracking
+    from components.core.request_log import RequestLogWriter, read_window
+    from components.core.settings import get_settings
+    from components.data.datagen import GenConfig, generate
+    from components.deployment.local import service_name
     from pipelines.local import PipelineFailed, progress_to
     from pipelines.monitoring import run_monitoring_local
 
@@ -688,9 +688,9 @@ def cmd_rollout_demo(args: argparse.Namespace) -> int:
     import pandas as pd
     import requests
 
-    from components import bundle as bundle_lib
-    from components.deploy import DeployError, deploy_local, make_broken_bundle, service_name
-    from components.settings import get_settings
+    from components.core import bundle as bundle_lib
+    from components.core.settings import get_settings
+    from components.deployment.local import DeployError, deploy_local, make_broken_bundle, service_name
 
     settings = get_settings()
     home = Path(settings.state_dir) / "serving" / service_name(args.model)

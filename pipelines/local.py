@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from components.settings import get_settings
+from components.core.settings import get_settings
 
 TAIL_LINES = 40  # a failing step's log lines shown with its error: enough for the traceback
 

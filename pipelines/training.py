@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 from kfp import dsl, kubernetes
 
-from components.steps import deploy_op, evaluate_op, features_op, ingest_op, train_op, validate_op
+from pipelines.ops import deploy_op, evaluate_op, features_op, ingest_op, train_op, validate_op
 
 PIPELINE_NAME = "mlwf-training"
 SETTINGS_CONFIG_MAP = "mlwf-settings"
-# ConfigMap keys (= environment variable names) the steps read on a cluster; see components/settings.py.
+# ConfigMap keys (= environment variable names) the steps read on a cluster; see components/core/settings.py.
 SETTINGS_KEYS = (
     "MLWF_PROFILE",
     "MLWF_STATE_DIR",
@@ -64,7 +64,7 @@ def one_line_args(func: Callable) -> Callable:
     return func
 
 
-def _cluster_wiring(task: dsl.PipelineTask, retries: int = 0) -> dsl.PipelineTask:
+def cluster_wiring(task: dsl.PipelineTask, retries: int = 0) -> dsl.PipelineTask:
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in SETTINGS_KEYS})
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in OPTIONAL_SETTINGS_KEYS}, optional=True)
     for name, keys in SECRETS.items():
@@ -93,7 +93,7 @@ def gpu_placement(task: dsl.PipelineTask, gpu_count: Any, tolerations: Any, node
 
 def gpu_placement_arguments(gpu_count: int, settings: Any = None) -> dict[str, Any]:
     """Run arguments for the GPU placement from settings: tolerations always, the node selector only with GPUs."""
-    from components.settings import get_settings
+    from components.core.settings import get_settings
 
     settings = settings or get_settings()
     return {"gpu_count": gpu_count, "gpu_tolerations": list(settings.gpu_tolerations),
@@ -144,18 +144,18 @@ def training_pipeline(
             Trainer TrainJob of this many nodes; needs the state store on s3://.
         gpus_per_node: GPUs on each TrainJob node; used only when train_nodes > 1.
     """
-    ingest = _cluster_wiring(
+    ingest = cluster_wiring(
         ingest_op(dataset_spec=dataset_spec, source_uri=source_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), retries=2
     )
     # Never cached: a directory or prefix gains files under the same URI; ingest itself skips what it has seen.
     ingest.set_display_name("ingest").set_caching_options(False).set_cpu_limit("1").set_memory_limit("4G")
-    validate = _cluster_wiring(
+    validate = cluster_wiring(
         validate_op(dataset_spec=dataset_spec, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, raw=ingest.outputs["raw"])
     )
     validate.set_display_name("validate").set_cpu_limit("2").set_memory_limit("8G")
-    features = _cluster_wiring(features_op(dataset_spec=dataset_spec, valid=validate.outputs["valid"]), retries=2)
+    features = cluster_wiring(features_op(dataset_spec=dataset_spec, valid=validate.outputs["valid"]), retries=2)
     features.set_display_name("features").set_cpu_limit("2").set_memory_limit("8G")
-    train = _cluster_wiring(
+    train = cluster_wiring(
         train_op(
             dataset_spec=dataset_spec,
             train_set=features.outputs["train_set"],
@@ -172,7 +172,7 @@ def training_pipeline(
     )
     train.set_display_name("train").set_cpu_limit("4").set_memory_limit("16G")
     gpu_placement(train, gpu_count, gpu_tolerations, gpu_node_selector)
-    evaluate = _cluster_wiring(
+    evaluate = cluster_wiring(
         evaluate_op(
             model=train.outputs["model"],
             train_set=features.outputs["train_set"],  # the baseline is fit on the same split as the model
@@ -189,7 +189,7 @@ def training_pipeline(
     )
     evaluate.set_display_name("evaluate").set_cpu_limit("2").set_memory_limit("8G")
     with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
-        deploy = _cluster_wiring(
+        deploy = cluster_wiring(
             deploy_op(
                 model=train.outputs["model"],
                 test_set=features.outputs["test_set"],

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from kserve.constants.constants import DEFAULT_GRPC_PORT
 
-    from components import bundle as bundle_lib
+    from components.core import bundle as bundle_lib
     from serving.front import DEFAULT_MAX_BODY_BYTES
     from serving.model import BundleModel, ServingOptions
     from serving.server import BundleModelServer
@@ -125,8 +125,8 @@ def _request_log_root(flag: str | None) -> str | None:
         return None
     if value:
         return value
-    from components import storage
-    from components.settings import get_settings
+    from components.core import storage
+    from components.core.settings import get_settings
 
     return storage.join(get_settings().state_dir, "request_logs")
 

@@ -22,8 +22,8 @@ import numpy as np
 from kserve.errors import InferenceError, InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from components import bundle as bundle_lib
-from components import storage
+from components.core import bundle as bundle_lib
+from components.core import storage
 from serving.observability import RequestMetrics, metrics
 from serving.online import FeatureStoreUnavailable, OnlineFeatures
 from serving.request_sink import RequestLogSink

@@ -37,7 +37,7 @@ class OnlineFeatures:
     def entity_column(self) -> str:
         """The entity key's name comes from the dataset spec: cheap, no store needed."""
         if self.entity is None:
-            from components.spec import load_spec
+            from components.core.spec import load_spec
 
             self.entity = load_spec(self.dataset).entity_column
         return self.entity
@@ -46,9 +46,9 @@ class OnlineFeatures:
         with self._lock:
             if self._store is not None:
                 return
-            from components.features import open_store
-            from components.settings import get_settings
-            from components.spec import load_spec
+            from components.features.store import open_store
+            from components.core.settings import get_settings
+            from components.core.spec import load_spec
 
             try:
                 spec = load_spec(self.dataset)

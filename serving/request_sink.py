@@ -1,4 +1,4 @@
-"""Sampled request/response logging, through components.request_log (one format for server and monitor).
+"""Sampled request/response logging, through components.core.request_log (one format for server and monitor).
 
 Small requests (up to `inline_rows` rows, the latency-sensitive traffic) are sampled and encoded to JSON
 lines on the request path itself: orjson and a dict per row cost a few microseconds, far less than
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from components.request_log import RequestLogWriter, encode
+from components.core.request_log import RequestLogWriter, encode
 from serving.observability import metrics
 from serving.requests import Batch, rows_for_log
 

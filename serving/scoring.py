@@ -4,7 +4,7 @@ The bundle's torch.export program runs op by op in Python (pytree flattening, in
 about 180 us for one row on these CPUs. Traced once with TorchScript at load time, the same graph runs in
 C++ in about 30 us (frozen: weights folded in as constants). The traced program is only used after it has reproduced the exported program's output
 on batches of several sizes (with missing values and unseen categories); otherwise the exported program
-serves, and the log says why. The encoding matches `components.bundle.Bundle.encode` (unseen or missing
+serves, and the log says why. The encoding matches `components.core.bundle.Bundle.encode` (unseen or missing
 category -> code 0, missing number -> NaN, which the program imputes).
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from components.bundle import Bundle
+from components.core.bundle import Bundle
 
 log = logging.getLogger(__name__)
 

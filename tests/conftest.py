@@ -45,20 +45,20 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def transactions_spec():
-    from components.spec import load_spec
+    from components.core.spec import load_spec
 
     return load_spec("transactions")
 
 
 def make_csv(path: Path, rows: int = 3000, seed: int = 7, bad_fraction: float = 0.0, drift: float = 0.0) -> Path:
-    from components.datagen import GenConfig, write
+    from components.data.datagen import GenConfig, write
 
     write(GenConfig(rows=rows, seed=seed, bad_fraction=bad_fraction, drift=drift), str(path))
     return path
 
 
 def ingest_frame(spec, source: Path, state: Path) -> pd.DataFrame:
-    from components.ingest import ingest
+    from components.data.ingest import ingest
 
     out = source.parent / f"{source.stem}-ingested.parquet"
     ingest(spec, str(source), str(out), str(state))

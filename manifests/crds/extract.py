@@ -53,12 +53,12 @@ SOURCES: dict[str, tuple[str, str, str, str]] = {
 
 # (group, version, kind) the project renders or validates, and where.
 KINDS: dict[tuple[str, str, str], str] = {
-    ("serving.kserve.io", "v1beta1", "InferenceService"): "manifests/base, components/kserve_deploy.py, tests/k8s_stub.py",
+    ("serving.kserve.io", "v1beta1", "InferenceService"): "manifests/base, components/deployment/kserve.py, tests/k8s_stub.py",
     ("serving.kserve.io", "v1alpha1", "ClusterServingRuntime"): "manifests/base/serving-runtime.yaml",
     ("serving.kserve.io", "v1alpha1", "ServingRuntime"): "the namespaced form of the runtime (manifest_tools checks its pods)",
     ("monitoring.coreos.com", "v1", "PodMonitor"): "manifests/base/monitoring.yaml",
     ("monitoring.coreos.com", "v1", "PrometheusRule"): "manifests/base/monitoring.yaml, prometheusrule.yaml",
-    ("trainer.kubeflow.org", "v1alpha1", "TrainJob"): "components/trainjob.py",
+    ("trainer.kubeflow.org", "v1alpha1", "TrainJob"): "components/training/trainjob.py",
     ("feast.dev", "v1", "FeatureStore"): "manifests/overlays/dev/featurestore.yaml",
     ("sparkoperator.k8s.io", "v1beta2", "SparkApplication"): "the Spark feature-engineering path",
 }

@@ -101,7 +101,7 @@ def test_gpu_placement_is_resolved_per_run(compiled):
 
 
 def test_gpu_placement_arguments_follow_the_settings(monkeypatch):
-    from components.settings import get_settings
+    from components.core.settings import get_settings
     from pipelines.training import gpu_placement_arguments
 
     monkeypatch.setenv("MLWF_GPU_TOLERATIONS", '{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}')
@@ -159,7 +159,7 @@ def test_evaluate_writes_the_verdict_as_markdown(compiled):
     outputs = spec.components["comp-evaluate-op"].output_definitions
     assert outputs.artifacts["verdict"].artifact_type.schema_title == "system.Markdown"
     assert "FAIL" in outputs.artifacts["verdict"].description
-    assert set(outputs.parameters) == {"Output"}  # the single bool dsl.If reads (kfp.local, see components/steps.py)
+    assert set(outputs.parameters) == {"Output"}  # the single bool dsl.If reads (kfp.local, see pipelines/ops.py)
 
 
 def test_train_and_evaluate_learn_their_pipeline_run(compiled):

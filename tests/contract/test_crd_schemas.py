@@ -51,8 +51,9 @@ def key_of(path: Path) -> tuple[str, str, str]:
 
 def rendered_custom_kinds() -> dict[tuple[str, str, str], str]:
     """(group, version, kind) -> where, for every non-core object the overlays and the component builders render."""
-    from components import kserve_deploy, trainjob
-    from components.settings import get_settings
+    from components.core.settings import get_settings
+    from components.deployment import kserve as kserve_deploy
+    from components.training import trainjob
 
     kinds: dict[tuple[str, str, str], str] = {}
     for overlay in OVERLAYS:

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from components import bundle as bundle_lib
-from components import kserve_deploy, storage
-from components.deploy import DeployError
-from components.kserve_deploy import deploy_cluster
-from components.request_log import RequestLogWriter
-from components.settings import get_settings
+from components.core import bundle as bundle_lib
+from components.core import storage
+from components.core.request_log import RequestLogWriter
+from components.core.settings import get_settings
+from components.deployment import kserve as kserve_deploy
+from components.deployment.kserve import deploy_cluster
+from components.deployment.local import DeployError
 from tests.k8s_stub import KubeStub, PrometheusStub
 
 NS, NAME, MODEL = "mlwf", "fraud-model", "Fraud Model"
@@ -53,7 +53,7 @@ def uri(version: str) -> str:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Two real bundles; their lineage names the version, which the runtime uses as its `version` label."""
-    from components.train import TrainParams, build_bundle, train_model
+    from components.training.train import TrainParams, build_bundle, train_model
 
     rng = np.random.default_rng(3)
     n = 240
@@ -328,7 +328,7 @@ class CrashingAnalyzer:
 
 
 def test_a_rerun_after_a_crash_resumes_at_the_current_percent(cluster, bundles):
-    from components.kserve_deploy import default_analyzer
+    from components.deployment.kserve import default_analyzer
 
     env = cluster("knative")
     stub, settings = env[0], env[1]

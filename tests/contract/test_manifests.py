@@ -164,7 +164,7 @@ def test_settings_configmap_has_every_key_the_pipeline_maps(overlay: tuple[str, 
     mt.only(objs, "ServiceAccount", data["MLWF_KSERVE_SERVICE_ACCOUNT"])
     for key in ("MLWF_STATE_DIR", "MLWF_FEAST_OFFLINE_ROOT", "MLWF_MODEL_STORE"):
         assert data[key].startswith("s3://"), key
-    assert data["MLWF_FEAST_ONLINE"].startswith("redis://")  # the form components/features.py parses
+    assert data["MLWF_FEAST_ONLINE"].startswith("redis://")  # the form components/features/store.py parses
     for key, value in data.items():  # credentials belong in Secrets
         assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", value), f"{key} carries credentials"
 

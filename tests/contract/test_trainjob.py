@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from components import bundle as bundle_lib
-from components import distributed, trainjob
-from components.settings import get_settings
-from components.train import TrainParams
+from components.core import bundle as bundle_lib
+from components.core.settings import get_settings
+from components.training import distributed, trainjob
+from components.training.train import TrainParams
 from tests.contract.manifest_tools import crd_validator
 from tests.unit.test_distributed import SPEC
 from tests.unit.test_train_and_bundle import synthetic
@@ -174,7 +174,7 @@ def test_gpu_trainjob_validates_strictly_and_places_its_nodes(gpu_settings):
     trainer = body["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (3, 2)
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
-    assert trainer["args"][:2] == ["-m", "components.distributed"]
+    assert trainer["args"][:2] == ["-m", "components.training.distributed"]
     pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
@@ -233,7 +233,7 @@ def test_a_retried_step_waits_for_the_job_it_already_created(stub_factory, gpu_s
 
 
 def test_several_nodes_need_shared_storage(state_dir, tmp_path, transactions_spec):
-    from components.training_run import run_training_step
+    from components.training.run import run_training_step
 
     with pytest.raises(trainjob.TrainJobError, match="needs MLWF_STATE_DIR on s3://"):
         run_training_step(transactions_spec, str(tmp_path / "t.parquet"), str(tmp_path / "m"), TrainParams(), "svc_v1", "fp", nodes=2)

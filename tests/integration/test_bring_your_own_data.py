@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import requests
 
-from components.deploy import stop_local
+from components.deployment.local import stop_local
 from pipelines.cli import main
 
 pytestmark = pytest.mark.integration

@@ -12,12 +12,13 @@ import uuid
 import pandas as pd
 import pytest
 
-from components import features, tracking
-from components.settings import get_settings
-from components.spec import parse_spec
-from components.train import TrainParams
-from components.training_run import run_training_step
-from components.validate import validate
+from components.core import tracking
+from components.core.settings import get_settings
+from components.core.spec import parse_spec
+from components.data.validate import validate
+from components.features import store as features
+from components.training.run import run_training_step
+from components.training.train import TrainParams
 from tests.conftest import ingest_frame, make_csv
 
 pytestmark = pytest.mark.services

@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from components import ingest as ingest_module
-from components import lineage, storage
-from components.step_logic import ingest_step, validate_step
+from components.core import lineage, storage
+from components.data import ingest as ingest_module
+from components.data.step import ingest_step, validate_step
 from pipelines.cli import main
 from tests.conftest import assert_whole_files, make_csv
 
@@ -163,8 +163,8 @@ def test_a_write_that_fails_half_way_leaves_no_partial_output(tmp_path, state_di
 
 KILLED_INGEST = """
 import sys
-from components.ingest import ingest
-from components.spec import load_spec
+from components.data.ingest import ingest
+from components.core.spec import load_spec
 ingest(load_spec("transactions"), sys.argv[1], sys.argv[2], sys.argv[3], run_id="killed")
 """
 
@@ -184,8 +184,8 @@ def test_a_killed_ingest_leaves_nothing_partial_and_a_rerun_converges(tmp_path, 
     assert_whole_files(tmp_path)
     if out.exists():
         assert len(pd.read_parquet(out)) == 240_000  # whole or absent
-    from components.ingest import ingest
-    from components.spec import load_spec
+    from components.core.spec import load_spec
+    from components.data.ingest import ingest
 
     result = ingest(load_spec("transactions"), str(folder), str(out), str(state_dir), run_id="rerun")
     assert result.rows == 240_000 and len(pd.read_parquet(out)) == 240_000
@@ -194,8 +194,8 @@ def test_a_killed_ingest_leaves_nothing_partial_and_a_rerun_converges(tmp_path, 
 def test_model_version_lineage_leads_to_the_input_files(tmp_path, state_dir, capsys):
     import mlflow
 
-    from components import tracking
-    from components.settings import get_settings
+    from components.core import tracking
+    from components.core.settings import get_settings
 
     folder = tmp_path / "landing"
     folder.mkdir()
@@ -234,8 +234,8 @@ def s3_bucket(monkeypatch):
 
 
 def test_an_s3_prefix_is_ingested_incrementally(tmp_path, state_dir, s3_bucket, monkeypatch):
-    from components.ingest import ingest
-    from components.spec import load_spec
+    from components.core.spec import load_spec
+    from components.data.ingest import ingest
 
     client = storage.s3_client()
     for name, seed in (("a.csv", 1), ("b.csv", 2)):

@@ -6,19 +6,17 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from components import bundle as bundle_lib
-from components import tracking
-from components.datagen import GenConfig, generate
-from components.drift import Thresholds
-from components.monitoring import MonitorConfig, read_cooldown, run_monitor
-from components.request_log import RequestLogWriter
-from components.settings import get_settings
-from components.train import TrainParams, build_bundle, train_model
+from components.core import bundle as bundle_lib
+from components.core import tracking
+from components.core.request_log import RequestLogWriter
+from components.core.settings import get_settings
+from components.data.datagen import GenConfig, generate
+from components.monitoring.monitor import MonitorConfig, read_cooldown, run_monitor
+from components.training.train import TrainParams, build_bundle, train_model
 
 pytestmark = pytest.mark.integration
 MODEL = "transactions_classifier"
@@ -113,7 +111,7 @@ def test_drift_triggers_retraining_exactly_once_within_the_cooldown(tmp_path, st
 
 
 def test_an_empty_window_and_a_missing_champion_are_clear(state_dir, champion, tmp_path):
-    from components.monitoring import MonitorError
+    from components.monitoring.monitor import MonitorError
 
     settings = get_settings()
     result = run_monitor(MonitorConfig(MODEL, window_hours=1), settings, None, {})
@@ -128,7 +126,7 @@ def test_an_empty_window_and_a_missing_champion_are_clear(state_dir, champion, t
 
 def test_monitoring_pipeline_retrains_for_real_once(tmp_path, state_dir, champion, free_port, monkeypatch):
     """kfp.local: drift -> dsl.If -> retrain runs the real training pipeline once (about a minute and a half)."""
-    from components.deploy import stop_local
+    from components.deployment.local import stop_local
     from pipelines.monitoring import run_monitoring_local
 
     monkeypatch.setenv("MLWF_SERVE_PORT", str(free_port))

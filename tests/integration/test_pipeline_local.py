@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import requests
 
-from components import tracking
-from components.deploy import stop_local
-from components.settings import get_settings
+from components.core import tracking
+from components.core.settings import get_settings
+from components.deployment.local import stop_local
 from pipelines.local import run_local
 from tests.conftest import make_csv
 

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import requests
 
-from components import bundle as bundle_lib
-from components.deploy import DeployError, deploy_local, make_broken_bundle, stop_local
-from components.settings import get_settings
+from components.core import bundle as bundle_lib
+from components.core.settings import get_settings
+from components.deployment.local import DeployError, deploy_local, make_broken_bundle, stop_local
 
 pytestmark = pytest.mark.integration
 MODEL = "Rollout Model"
@@ -37,7 +37,7 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from components.train import TrainParams, build_bundle, train_model
+    from components.training.train import TrainParams, build_bundle, train_model
 
     root = tmp_path_factory.mktemp("bundles")
     out = {}
@@ -136,8 +136,8 @@ def test_good_canary_is_promoted_then_a_broken_one_is_rolled_back(local, bundles
 
 CHILD = """
 import json, sys
-from components.deploy import deploy_local
-from components.settings import get_settings
+from components.deployment.local import deploy_local
+from components.core.settings import get_settings
 traffic = json.load(open(sys.argv[2]))
 deploy_local(sys.argv[1], "Rollout Model", "2", traffic[:3], get_settings(), replay=traffic)
 """

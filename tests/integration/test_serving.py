@@ -69,7 +69,7 @@ def _start(bundle_dir: Path, state: Path, log_root: Path, log_path: Path, *extra
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    from components.deploy import wait_ready
+    from components.deployment.local import wait_ready
 
     wait_ready(url, MODEL, process, log_path, timeout=120)
 
@@ -88,12 +88,12 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from components import bundle as bundle_lib
-    from components.datagen import GenConfig, generate
-    from components.features import build_features
-    from components.settings import get_settings
-    from components.spec import load_spec
-    from components.train import TrainParams, build_bundle, train_model
+    from components.core import bundle as bundle_lib
+    from components.data.datagen import GenConfig, generate
+    from components.features.store import build_features
+    from components.core.settings import get_settings
+    from components.core.spec import load_spec
+    from components.training.train import TrainParams, build_bundle, train_model
 
     tmp = tmp_path_factory.mktemp("serving")
     state = tmp / "state"
@@ -287,7 +287,7 @@ def test_metrics_count_requests_errors_and_latency(served: Served) -> None:
 
 
 def _logged(root: Path, since: datetime) -> pd.DataFrame:
-    from components.request_log import read_window
+    from components.core.request_log import read_window
 
     return read_window(str(root), MODEL, since, datetime.now(timezone.utc) + timedelta(minutes=1))
 
@@ -375,7 +375,7 @@ def test_model_not_ready_answers_503_in_process() -> None:
 def test_tampered_bundle_is_refused(served: Served, tmp_path: Path) -> None:
     import shutil
 
-    from components.bundle import BundleError
+    from components.core.bundle import BundleError
     from serving.model import BundleModel
 
     tampered = tmp_path / "tampered"

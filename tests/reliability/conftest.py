@@ -27,7 +27,7 @@ def synthetic_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 def make_bundle(directory: Path, version: str, seed: int = 0, epochs: int = 3, lineage: dict | None = None) -> str:
     """A real, sealed bundle (x1, x2 numeric; colour categorical) trained here in about a second."""
-    from components.train import TrainParams, build_bundle, train_model
+    from components.training.train import TrainParams, build_bundle, train_model
 
     frame = synthetic_frame(400, 0)
     program, vocab, result = train_model(frame, ["x1", "x2"], ["colour"], TrainParams(epochs=epochs, seed=seed, patience=3))

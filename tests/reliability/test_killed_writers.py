@@ -44,10 +44,10 @@ class LocalArtifact:
 def _write_everything(state: str, out: str, raw_meta: dict[str, Any]) -> None:
     """The child: the validate step, then the features step's offline-store writer, on the same paths every time."""
     os.environ["MLWF_STATE_DIR"] = state
-    from components.features import write_offline
-    from components.settings import get_settings
-    from components.spec import load_spec
-    from components.step_logic import validate_step
+    from components.core.settings import get_settings
+    from components.core.spec import load_spec
+    from components.data.step import validate_step
+    from components.features.store import write_offline
 
     root = Path(out)
     raw = LocalArtifact(root / "raw")
@@ -72,8 +72,8 @@ def test_sigkill_while_validate_and_features_write_then_rerun_gives_identical_ou
     """Fault: SIGKILL at a random point of the sequence of writes, TRIALS times. Behaviour: no partial file under a
     final name; the rerun completes. Proof nothing was lost: every output's sha256 equals the uninterrupted run's,
     and the partitions hold each (entity, event time) exactly once."""
-    from components.ingest import ingest
-    from components.spec import load_spec
+    from components.core.spec import load_spec
+    from components.data.ingest import ingest
 
     fork = multiprocessing.get_context("fork")
     template = tmp_path / "template"

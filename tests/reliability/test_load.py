@@ -2,7 +2,7 @@
 
 Expected: at a fixed request rate (MLWF_LOAD_RPS, default 200/s) held for MLWF_LOAD_SECONDS (default 60, the
 issue's figure; set it lower for a quick run) every request is answered 200 with p99 latency within the budget;
-a local rollout (components/deploy.py: canary, analysis, promotion, old server stopped) under a client that keeps
+a local rollout (components/deployment/local.py: canary, analysis, promotion, old server stopped) under a client that keeps
 sending loses no request. Proof that nothing was lost: the client counts every request it scheduled and every
 answer it got; none failed, and after the swap the new version answers.
 
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import requests
 
-from components import bundle as bundle_lib
+from components.core import bundle as bundle_lib
 from tests.reliability.conftest import make_bundle, synthetic_frame
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def test_fixed_request_rate_for_a_minute_zero_errors_and_p99_within_budget(tmp_p
     with open(log_path, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        from components.deploy import scrape_requests, wait_ready
+        from components.deployment.local import scrape_requests, wait_ready
 
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, MODEL, process, log_path, timeout=120)
@@ -141,8 +141,8 @@ def test_swapping_the_model_under_load_loses_no_request(state_dir, free_port, mo
 
     The client does what a local user of `mlwf` does to follow a promotion: it reads the served URL from the
     deployment record (server.json) before each request."""
-    from components.deploy import deploy_local, service_name, stop_local
-    from components.settings import get_settings
+    from components.core.settings import get_settings
+    from components.deployment.local import deploy_local, service_name, stop_local
 
     monkeypatch.setenv("MLWF_SERVE_PORT", str(free_port))
     monkeypatch.setenv("MLWF_CANARY_STEPS", "50,100")

@@ -42,12 +42,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from components import bundle as bundle_lib
-    from components.datagen import GenConfig, generate
-    from components.features import build_features
-    from components.settings import get_settings
-    from components.spec import load_spec
-    from components.train import TrainParams, build_bundle, train_model
+    from components.core import bundle as bundle_lib
+    from components.core.settings import get_settings
+    from components.core.spec import load_spec
+    from components.data.datagen import GenConfig, generate
+    from components.features.store import build_features
+    from components.training.train import TrainParams, build_bundle, train_model
 
     tmp = tmp_path_factory.mktemp("online")
     state = tmp / "state"
@@ -80,7 +80,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        from components.deploy import wait_ready
+        from components.deployment.local import wait_ready
 
         wait_ready(url, MODEL, process, log_path, timeout=120)
         offline = pd.concat([outcome.train, outcome.test]).set_index("transaction_id")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from components import bundle as bundle_lib
-from components import storage
-from components.deploy import service_name
-from components.kserve_deploy import deploy_cluster
-from components.settings import get_settings
+from components.core import bundle as bundle_lib
+from components.core import storage
+from components.core.settings import get_settings
+from components.deployment.kserve import deploy_cluster
+from components.deployment.local import service_name
 from tests.k8s_stub import KubeStub
 from tests.reliability.conftest import synthetic_frame, use_s3
 from tests.reliability.faulty_http import FaultyRelay
@@ -121,9 +121,9 @@ def test_mlflow_artifacts_on_s3_no_registered_version_points_at_a_missing_object
     rerun registers exactly one version, and every file of its bundle's manifest exists under its source."""
     from mlflow.tracking import MlflowClient
 
-    from components.spec import parse_spec
-    from components.train import TrainParams
-    from components.training_run import run_training_step
+    from components.core.spec import parse_spec
+    from components.training.run import run_training_step
+    from components.training.train import TrainParams
 
     monkeypatch.setenv("MLWF_MLFLOW_ARTIFACT_ROOT", f"s3://{BUCKET}/mlflow")
     spec = parse_spec({"name": "outage", "label": {"column": "label", "positive": 1},

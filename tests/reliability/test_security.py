@@ -22,15 +22,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from components import bundle as bundle_lib
-from components import storage
+from components.core import bundle as bundle_lib
+from components.core import storage
 from tests.reliability.conftest import make_bundle, synthetic_frame, use_s3
 
 pytestmark = pytest.mark.integration
@@ -257,10 +256,10 @@ def test_no_secret_reaches_logs_mlflow_or_compiled_packages(state_dir, monkeypat
     tags, logged artifacts, nor the compiled training and monitoring packages."""
     from mlflow.tracking import MlflowClient
 
-    from components.settings import get_settings
-    from components.spec import parse_spec
-    from components.train import TrainParams
-    from components.training_run import run_training_step
+    from components.core.settings import get_settings
+    from components.core.spec import parse_spec
+    from components.training.run import run_training_step
+    from components.training.train import TrainParams
     from pipelines.cli import compile_package
     from pipelines.monitoring import monitoring_pipeline
 
@@ -312,7 +311,7 @@ def test_the_server_leaks_no_secret_limits_bodies_and_has_no_debug_endpoints(tmp
     url = f"http://127.0.0.1:{port}"
     answers = []
     try:
-        from components.deploy import wait_ready
+        from components.deployment.local import wait_ready
 
         wait_ready(url, MODEL, process, log_path, timeout=120)
         predict = f"{url}/v1/models/{MODEL}:predict"

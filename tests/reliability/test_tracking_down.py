@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import requests
 
-from components.spec import parse_spec
-from components.train import TrainParams
-from components.training_run import run_training_step
+from components.core.spec import parse_spec
+from components.training.run import run_training_step
+from components.training.train import TrainParams
 
 pytestmark = pytest.mark.integration
 SPEC = parse_spec({"name": "rel", "label": {"column": "y", "positive": 1},
@@ -81,7 +81,7 @@ def test_server_dies_mid_run_leaves_no_version(tmp_path, state_dir, monkeypatch)
     db, artifacts = str(tmp_path / "mlflow.db"), str(tmp_path / "artifacts")
     server = _start_server(db, artifacts, port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    import components.train as train_module
+    import components.training.train as train_module
 
     real = train_module.train_model
 
@@ -89,7 +89,7 @@ def test_server_dies_mid_run_leaves_no_version(tmp_path, state_dir, monkeypatch)
         _stop(server)  # the server goes away after the run has started, before anything is registered
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("components.training_run.train_model", dying)
+    monkeypatch.setattr("components.training.run.train_model", dying)
     try:
         with pytest.raises(Exception):
             run_training_step(SPEC, _train_set(tmp_path / "t.parquet"), str(tmp_path / "m"), TrainParams(epochs=2), "rel_v1", "fp")

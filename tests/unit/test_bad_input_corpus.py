@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.ingest import IngestError, ingest
-from components.spec import load_spec
-from components.validate import load_suite, validate, write_suite
+from components.core.spec import load_spec
+from components.data.ingest import IngestError, ingest
+from components.data.validate import load_suite, validate, write_suite
 from pipelines.cli import _check_inputs, main
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"

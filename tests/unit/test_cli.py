@@ -254,8 +254,8 @@ def test_a_misspelt_column_gets_did_you_mean(tmp_path):
 def test_the_mlflow_line_is_a_command_that_runs_and_the_training_view_url(tmp_path, state_dir, monkeypatch):
     from pathlib import Path
 
-    from components import tracking
-    from components.settings import get_settings
+    from components.core import tracking
+    from components.core.settings import get_settings
     from pipelines.cli import _mlflow_lines
 
     settings = get_settings()

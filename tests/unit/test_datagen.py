@@ -1,6 +1,6 @@
 import numpy as np
 
-from components.datagen import GenConfig, generate
+from components.data.datagen import GenConfig, generate
 
 
 def test_same_seed_same_rows():

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from components import bundle as bundle_lib
-from components.distributed import (
+from components.core import bundle as bundle_lib
+from components.core.spec import CategoricalFeature, DatasetSpec, NumericFeature
+from components.training.distributed import (
     DistributedTrainingError,
     run_local,
     spec_from_json,
     spec_to_json,
 )
-from components.spec import CategoricalFeature, DatasetSpec, NumericFeature
-from components.train import Shard, TrainParams, _rank_order
+from components.training.train import Shard, TrainParams, _rank_order
 from tests.unit.test_train_and_bundle import synthetic
 
 SPEC = DatasetSpec(

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from components import drift
-from components.drift import Thresholds
-from components.train import reference_profile
+from components.monitoring import drift
+from components.monitoring.drift import Thresholds
+from components.training.train import reference_profile
 
 TH = Thresholds()
 
 
 def profile_of(train: pd.DataFrame, numeric: list[str], categorical: list[str], scores: np.ndarray) -> dict:
-    """The real training-time profile (components/train.py), so the tests read what bundles carry."""
+    """The real training-time profile (components/training/train.py), so the tests read what bundles carry."""
     return reference_profile(train, numeric, categorical, scores)
 
 
@@ -156,7 +156,7 @@ def test_thresholds_are_checked():
 
 
 def test_cooldown_blocks_a_second_trigger_until_it_has_passed(reference):
-    from components.monitoring import decide
+    from components.monitoring.monitor import decide
 
     _, profile = reference
     drifted = drift.compare(current(5_000, seed=12, shift=1.0), None, profile, TH)

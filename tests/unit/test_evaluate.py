@@ -19,14 +19,14 @@ import torch
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 from torch import nn
 
-from components import bundle as bundle_lib
-from components import tracking
-from components.baseline import fit_baseline
-from components.evaluate import GatePolicy, classification_metrics, evaluate, permutation_importance
-from components.evaluation_report import full_card, report_html
-from components.policy import SlicePolicy
-from components.settings import get_settings
-from components.train import TrainParams, build_bundle, train_model
+from components.core import bundle as bundle_lib
+from components.core import tracking
+from components.core.settings import get_settings
+from components.evaluation.baseline import fit_baseline
+from components.evaluation.evaluate import GatePolicy, classification_metrics, evaluate, permutation_importance
+from components.evaluation.policy import SlicePolicy
+from components.evaluation.report import full_card, report_html
+from components.training.train import TrainParams, build_bundle, train_model
 
 NUMERIC = ["x1", "x2"]
 CATEGORICAL = ["country", "channel"]
@@ -269,7 +269,7 @@ def test_evaluate_step_records_the_verdict_and_moves_only_the_challenger(registr
     """The step as Kubeflow runs it, on kfp artifacts with local paths: policy beside the spec, aliases, MLflow records."""
     import mlflow
 
-    from components.step_logic import evaluate_step
+    from components.evaluation.step import evaluate_step
 
     train, test = data
     spec = tmp_path / "synth.yaml"

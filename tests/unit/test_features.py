@@ -5,10 +5,10 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from components import features
-from components.settings import get_settings
-from components.spec import parse_spec
-from components.validate import validate
+from components.core.settings import get_settings
+from components.core.spec import parse_spec
+from components.data.validate import validate
+from components.features import store as features
 from tests.conftest import ingest_frame, make_csv
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

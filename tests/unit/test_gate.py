@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from components.evaluate import GatePolicy, checks, classification_metrics, decide, expected_calibration_error, slice_gaps
-from components.policy import PolicyError, SlicePolicy, load_policy, parse_policy, policy_for_run, resolve_policy_ref, with_overrides
+from components.evaluation.evaluate import GatePolicy, checks, classification_metrics, decide, expected_calibration_error, slice_gaps
+from components.evaluation.policy import (
+    PolicyError,
+    SlicePolicy,
+    load_policy,
+    parse_policy,
+    policy_for_run,
+    resolve_policy_ref,
+    with_overrides,
+)
 
 GOOD = {"roc_auc": 0.9, "pr_auc": 0.5, "f1": 0.4, "ece": 0.03, "latency_p99_ms": 0.4}
 STRICT = GatePolicy(min_roc_auc=0.75, min_pr_auc=0.3, min_f1=0.3, max_ece=0.05)

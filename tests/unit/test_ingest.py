@@ -4,8 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.ingest import IngestError, ingest
-from components.spec import parse_spec
+from components.core.spec import parse_spec
+from components.data.ingest import IngestError, ingest
 from tests.conftest import make_csv
 
 CHURN = parse_spec({
@@ -101,8 +101,8 @@ def test_directory_source_union_in_file_order(tmp_path, state_dir):
 
 
 def test_preflight_skips_files_already_ingested(tmp_path, state_dir, monkeypatch):
-    from components import ingest as ingest_module
-    from components.ingest import check_source
+    from components.data import ingest as ingest_module
+    from components.data.ingest import check_source
 
     folder = tmp_path / "in"
     folder.mkdir()

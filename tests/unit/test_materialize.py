@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from components import features
-from components.materialize import entity_keys, materialize_incremental
-from components.settings import get_settings
-from components.spec import parse_spec
+from components.core.settings import get_settings
+from components.core.spec import parse_spec
+from components.features import store as features
+from components.features.materialize import entity_keys, materialize_incremental
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 SPEC = parse_spec({

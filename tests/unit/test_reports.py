@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import report_style
-from components.evaluate import Evaluation, GatePolicy, checks, classification_metrics, curves, slice_gaps, slice_table
-from components.evaluation_report import COMPARED
-from components.evaluation_report import report_html as evaluation_html
-from components.policy import SlicePolicy
-from components.spec import parse_spec
-from components.validate import report_html as validation_html
-from components.validate import validate
+from components.core import report_style
+from components.core.spec import parse_spec
+from components.data.validate import report_html as validation_html
+from components.data.validate import validate
+from components.evaluation.evaluate import Evaluation, GatePolicy, checks, classification_metrics, curves, slice_gaps, slice_table
+from components.evaluation.policy import SlicePolicy
+from components.evaluation.report import COMPARED
+from components.evaluation.report import report_html as evaluation_html
 from tests.conftest import ingest_frame
 
 HOSTILE = "<script>alert('x')</script>"

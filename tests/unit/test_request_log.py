@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.request_log import RequestLogWriter, encode, read_window
+from components.core.request_log import RequestLogWriter, encode, read_window
 from serving.request_sink import RequestLogSink
 from serving.requests import Schema, columns_from_rows
 

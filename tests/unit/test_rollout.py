@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from components.deploy import DeployError, to_canary
-from components.prometheus import queries, served_version
-from components.rollout import Observation, RolloutPolicy, analyze, prediction_psi, run_rollout
-from components.settings import canary_steps
+from components.core.settings import canary_steps
+from components.deployment.canary_analysis import queries, served_version
+from components.deployment.local import DeployError, to_canary
+from components.deployment.rollout import Observation, RolloutPolicy, analyze, prediction_psi, run_rollout
 
 POLICY = RolloutPolicy(steps=(10, 25, 50, 100), max_failed_analyses=2, step_seconds=0, min_requests=50)
 
@@ -169,7 +169,7 @@ def test_a_crash_neither_promotes_nor_rolls_back():
 
 
 def test_the_version_label_matches_the_model_servers(tmp_path):
-    from components import bundle as bundle_lib
+    from components.core import bundle as bundle_lib
     from serving.model import _version_of
 
     (tmp_path / bundle_lib.MANIFEST).write_text(json.dumps({"sha256": {}}))

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from components import tracking
-from components.evaluate import Evaluation, GatePolicy, checks
-from components.settings import get_settings
-from components.steps import STEP_IMAGE_ENV, stamp_image
-from components.training_run import training_description
-from components.verdict import evaluation_summary, verdict_markdown
+from components.core import tracking
+from components.core.settings import get_settings
+from components.evaluation.evaluate import Evaluation, GatePolicy, checks
+from components.evaluation.verdict import evaluation_summary, verdict_markdown
+from components.training.run import training_description
+from pipelines.ops import STEP_IMAGE_ENV, stamp_image
 from pipelines.training import one_line_args
 
 UUID = "1a2b3c4d-5e6f-4a1b-8c9d-0e1f2a3b4c5d"

@@ -1,6 +1,6 @@
 import pytest
 
-from components.spec import SpecError, load_spec, parse_spec
+from components.core.spec import SpecError, load_spec, parse_spec
 
 BASE = {
     "name": "churn",
@@ -49,7 +49,7 @@ def test_missing_spec_file_is_a_clear_error(tmp_path):
 
 
 def test_an_unknown_bundled_spec_lists_the_bundled_ones_and_suggests_the_close_one():
-    from components.spec import bundled_specs
+    from components.core.spec import bundled_specs
 
     assert bundled_specs() == ["transactions"]  # the gate policy beside it is not a spec
     with pytest.raises(SpecError, match=r"no bundled dataset spec named 'transaction' \(did you mean 'transactions'\?\); "
@@ -76,7 +76,7 @@ def test_a_misspelt_key_gets_did_you_mean(change, message):
 
 
 def test_did_you_mean_for_columns():
-    from components.spec import did_you_mean
+    from components.core.spec import did_you_mean
 
     assert did_you_mean(["amout"], ["amount", "channel"]) == " (did you mean 'amount'?)"
     assert did_you_mean(["Amount"], ["amount"]) == " (did you mean 'amount'?)"

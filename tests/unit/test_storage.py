@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from components import storage
+from components.core import storage
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -66,7 +66,7 @@ def test_create_once_has_exactly_one_winner_among_racing_processes(tmp_path: Pat
 
 
 def test_write_once_returns_the_first_record_to_every_later_writer(tmp_path: Path) -> None:
-    from components import lineage
+    from components.core import lineage
 
     path = str(tmp_path / "first_runs" / "abc.json")
     assert lineage.write_once(path, {"run_id": "first"}) == {"run_id": "first"}

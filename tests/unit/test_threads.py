@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from components.training import threads
+from components.core import threads
 
 
 def write(tmp_path, name: str, text: str) -> str:

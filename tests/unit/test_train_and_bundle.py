@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from components import bundle as bundle_lib
-from components.train import TrainParams, build_bundle, train_model
+from components.core import bundle as bundle_lib
+from components.training.train import TrainParams, build_bundle, train_model
 
 NUMERIC = ["x1", "x2"]
 CATEGORICAL = ["colour"]
@@ -95,9 +95,9 @@ def test_training_run_logs_lineage_environment_and_history(tmp_path, state_dir, 
     """One process trains in the step; two go through torchrun (DDP, gloo), as a pod with two GPUs would."""
     import mlflow
 
-    from components import training_run
-    from components.settings import get_settings
-    from components.tracking import configure
+    from components.core.settings import get_settings
+    from components.core.tracking import configure
+    from components.training import run as training_run
 
     monkeypatch.setattr(training_run, "_local_processes", lambda: processes)
     train_path = _training_set(tmp_path)

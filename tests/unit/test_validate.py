@@ -1,12 +1,11 @@
 import json
 from datetime import datetime, timezone
 
-import pandas as pd
 import pyarrow as pa
 import pytest
 
-from components.spec import parse_spec
-from components.validate import ValidationFailed, canonical_label, enforce_threshold, validate
+from components.core.spec import parse_spec
+from components.data.validate import ValidationFailed, canonical_label, enforce_threshold, validate
 from tests.conftest import ingest_frame, make_csv
 
 NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -86,16 +85,16 @@ def churn_spec(tmp_path):
 
 
 def test_the_committed_demo_suite_is_current():
-    from components.spec import load_spec
-    from components.validate import load_suite
+    from components.core.spec import load_spec
+    from components.data.validate import load_suite
 
     suite = load_suite(load_spec("transactions"), "transactions")  # raises when the spec moved on without it
     assert suite.path.endswith("components/datasets/transactions.suite.json") and len(suite.version) == 16
 
 
 def test_suite_file_beside_the_spec_missing_stale_and_edited(tmp_path):
-    from components.spec import load_spec
-    from components.validate import SuiteError, load_suite, suite_path, write_suite
+    from components.core.spec import load_spec
+    from components.data.validate import SuiteError, load_suite, suite_path, write_suite
 
     path = churn_spec(tmp_path)
     spec = load_spec(str(path))
@@ -120,8 +119,8 @@ def test_suite_file_beside_the_spec_missing_stale_and_edited(tmp_path):
 
 
 def test_custom_expectations_are_kept_versioned_and_quarantine_rows(tmp_path, state_dir):
-    from components.spec import load_spec
-    from components.validate import SuiteError, load_suite, write_suite
+    from components.core.spec import load_spec
+    from components.data.validate import SuiteError, load_suite, write_suite
 
     path = churn_spec(tmp_path)
     write_suite(str(path))
@@ -144,7 +143,7 @@ def test_custom_expectations_are_kept_versioned_and_quarantine_rows(tmp_path, st
 
 
 def test_row_masks_that_disagree_with_gx_stop_the_run(tmp_path, state_dir, transactions_spec, monkeypatch):
-    from components import validate as validate_module
+    from components.data import validate as validate_module
 
     raw = ingest_frame(transactions_spec, make_csv(tmp_path / "tx.csv", rows=500, bad_fraction=0.05), state_dir)
     real = validate_module.MASKS["expect_column_values_to_be_in_set"]
@@ -179,7 +178,7 @@ def test_future_bound_is_the_files_first_ingestion_not_the_clock(transactions_sp
 def test_timestamps_with_offsets_or_other_formats_become_utc(transactions_spec):
     import pandas as pd
 
-    from components.validate import _parse_times
+    from components.data.validate import _parse_times
 
     parsed = _parse_times(pd.Series(["2026-01-01T02:00:00+02:00", "2026-01-01", "01/02/2026 10:00", "2026-13-45T00:00:00Z", None]))
     assert [str(v) for v in parsed] == ["2026-01-01 00:00:00+00:00", "2026-01-01 00:00:00+00:00",
@@ -195,7 +194,7 @@ def _tampered(out, valid_table=None, quarantined=None):
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense lines", "sparse lines (sorting path)"])
 def test_conservation_catches_a_lost_row_a_row_in_both_outputs_and_duplicate_input_lines(tmp_path, state_dir, transactions_spec, sparse):
-    from components.validate import check_conservation
+    from components.data.validate import check_conservation
 
     raw = ingest_frame(transactions_spec, make_csv(tmp_path / "tx.csv", rows=600, bad_fraction=0.05), state_dir)
     if sparse:  # line numbers far apart (e.g. a source that numbers rows by offset): the sort-based comparison

@@ -1,0 +1,333 @@
+"""Evaluate: score the held-out latest period, check it against the gate policy and the champion, decide.
+
+Every check of the policy (components/evaluation/policy.py) becomes a `Check` with its value and limit; the verdict
+is data (passed + every failed check's reason), returned as a step output that the pipeline branches on
+with dsl.If. Nothing here decides by returning False quietly, and every number is measured here, on the
+bundle as it will serve: metrics on the test split, per-row latency on this CPU, slices, the champion
+and a scikit-learn baseline scored on the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence, cast
+
+import numpy as np
+import pandas as pd
+
+from components.core import bundle as bundle_lib
+from components.core import tracking
+from components.core.settings import get_settings
+from components.core.spec import EVENT_TIMESTAMP, LABEL
+from components.core.stats import calibration_bins, expected_calibration_error  # noqa: F401  (callers read them from here too)
+from components.evaluation.policy import HIGHER_IS_BETTER, GatePolicy, SlicePolicy  # GatePolicy: callers read it from here too
+
+log = logging.getLogger(__name__)
+MAX_SLICE_VALUES = 50  # a sliced attribute is a category; a column with more values is a mistake in the policy
+
+Predict = Callable[[Mapping[str, Sequence[Any]]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # e.g. "min_roc_auc", "max_p99_latency_ms", "slice_gap.country.roc_auc", "champion.roc_auc"
+    passed: bool
+    value: float | None
+    limit: float | None
+    message: str  # the reason when failed; what was checked when passed
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    passed: bool
+    reasons: list[str]
+    champion: dict[str, Any] | None = None
+    curves: dict[str, Any] = field(default_factory=dict)  # the candidate's ROC, PR, confusion, calibration
+    checks: list[Check] = field(default_factory=list)
+    slices: list[dict[str, Any]] = field(default_factory=list)  # one row per (attribute, value)
+    slice_gaps: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    importance: list[dict[str, float | str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the gate did not judge, and why
+    other_curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # champion and baseline, for the plots
+    policy: GatePolicy = field(default_factory=GatePolicy)
+    data: dict[str, Any] = field(default_factory=dict)  # the test set: rows, positives, time range
+    lineage: dict[str, Any] = field(default_factory=dict)  # the bundle's lineage and digest
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the curves, JSON-ready: what gate.json records."""
+        return {
+            "passed": self.passed, "reasons": self.reasons, "notes": self.notes,
+            "checks": [c.__dict__ for c in self.checks], "metrics": self.metrics, "champion": self.champion,
+            "baseline": self.baseline, "slices": self.slices, "slice_gaps": self.slice_gaps,
+            "importance": self.importance, "data": self.data, "lineage": self.lineage,
+            "policy": {**self.policy.as_dict(), "sha256": self.policy.fingerprint()},
+        }
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score
+
+    pred = (p >= threshold).astype(int)
+    single_class = len(np.unique(y)) < 2
+    negatives = int((y == 0).sum())
+    return {
+        "roc_auc": float("nan") if single_class else float(roc_auc_score(y, p)),
+        "pr_auc": float("nan") if single_class else float(average_precision_score(y, p)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "fpr": float(((pred == 1) & (y == 0)).sum() / negatives) if negatives else float("nan"),
+        "accuracy": float((pred == y).mean()),
+        "brier": float(brier_score_loss(y, p, labels=[0, 1])),
+        "ece": expected_calibration_error(y, p),
+        "positive_rate": float(y.mean()),
+        "mean_score": float(p.mean()),
+        "rows": float(len(y)),
+    }
+
+
+def score(bundle: bundle_lib.Bundle, test: pd.DataFrame) -> np.ndarray:
+    return bundle.predict_proba(bundle_lib.columns_from_frame(test, bundle.feature_names))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# --- slices (bias audit) ---------------------------------------------------------------------------------
+
+def slice_table(test: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, policy: SlicePolicy) -> list[dict[str, Any]]:
+    """Metrics per value of each sensitive attribute; `gated` marks the slices large enough to judge."""
+    rows: list[dict[str, Any]] = []
+    for attribute in policy.attributes:
+        if attribute not in test.columns:
+            raise ValueError(f"slice attribute {attribute!r} named by the gate policy is not a column of the test set "
+                             f"(columns: {sorted(c for c in test.columns if c not in (LABEL, EVENT_TIMESTAMP))})")
+        values = test[attribute].astype(object).where(test[attribute].notna(), "<missing>").astype(str).to_numpy()
+        distinct = sorted(set(values))
+        if len(distinct) > MAX_SLICE_VALUES:
+            raise ValueError(f"slice attribute {attribute!r} has {len(distinct)} distinct values (more than "
+                             f"{MAX_SLICE_VALUES}): slice by a categorical column")
+        for value in distinct:
+            mask = values == value
+            ys, ps = y[mask], p[mask]
+            positives = int(ys.sum())
+            negatives = int(len(ys) - positives)
+            gated = len(ys) >= policy.min_rows and min(positives, negatives) >= policy.min_positives
+            m = classification_metrics(ys, ps, threshold)
+            rows.append({"attribute": attribute, "value": value, "rows": int(len(ys)), "positives": positives,
+                         "gated": gated, **{k: m[k] for k in ("roc_auc", "pr_auc", "recall", "fpr", "f1", "ece", "mean_score")}})
+    return rows
+
+
+def slice_gaps(table: list[dict[str, Any]], policy: SlicePolicy) -> list[dict[str, Any]]:
+    """Per attribute and gated metric: best and worst slice among those large enough, and their gap."""
+    gaps = []
+    for attribute in policy.attributes:
+        for metric, limit in policy.max_gap.items():
+            judged = [r for r in table if r["attribute"] == attribute and r["gated"] and _finite(r[metric])]
+            entry: dict[str, Any] = {"attribute": attribute, "metric": metric, "limit": limit, "slices": len(judged)}
+            if len(judged) >= 2:
+                ordered = sorted(judged, key=lambda r: r[metric], reverse=metric in HIGHER_IS_BETTER)
+                best, worst = ordered[0], ordered[-1]
+                entry.update(best=best["value"], best_value=best[metric], worst=worst["value"], worst_value=worst[metric],
+                             gap=abs(best[metric] - worst[metric]))
+            gaps.append(entry)
+    return gaps
+
+
+# --- the decision ---------------------------------------------------------------------------------------
+
+def checks(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[str, Any] | None,
+           gaps: Sequence[Mapping[str, Any]] = ()) -> list[Check]:
+    """Every check the policy asks for, passed or not. A NaN or missing metric never passes."""
+    out: list[Check] = []
+    for metric, limit in (("roc_auc", policy.min_roc_auc), ("pr_auc", policy.min_pr_auc), ("f1", policy.min_f1)):
+        if limit is None:
+            continue
+        value = float(metrics.get(metric, float("nan")))
+        ok = value >= limit  # NaN compares False
+        out.append(Check(f"min_{metric}", ok, value, limit,
+                         f"{metric} {value:.4f} {'meets' if ok else 'is below'} the minimum {limit:.4f}"))
+    if policy.max_ece is not None:
+        value = float(metrics.get("ece", float("nan")))
+        ok = value <= policy.max_ece
+        out.append(Check("max_ece", ok, value, policy.max_ece,
+                         f"ece {value:.4f} {'is within' if ok else 'exceeds'} the maximum {policy.max_ece:.4f}"))
+    value = float(metrics.get("latency_p99_ms", float("nan")))
+    ok = value <= policy.max_p99_latency_ms
+    out.append(Check("max_p99_latency_ms", ok, value, policy.max_p99_latency_ms,
+                     f"per-row p99 latency {value:.3f} ms {'is within' if ok else 'exceeds'} the budget {policy.max_p99_latency_ms} ms"))
+    for gap in gaps:
+        name = f"slice_gap.{gap['attribute']}.{gap['metric']}"
+        if "gap" not in gap:
+            continue  # fewer than two slices large enough: reported as a note, not judged
+        ok = gap["gap"] <= gap["limit"]
+        out.append(Check(name, ok, gap["gap"], gap["limit"],
+                         f"{gap['metric']} gap across {gap['attribute']} slices is {gap['gap']:.4f} "
+                         f"({gap['best']} {gap['best_value']:.4f} vs {gap['worst']} {gap['worst_value']:.4f}), "
+                         f"{'within' if ok else 'above'} the maximum {gap['limit']:.4f}"))
+    if champion is not None and champion.get("comparable", True):
+        for metric, tolerance in policy.max_regression.items():
+            if metric not in champion:
+                continue
+            mine, theirs = float(metrics.get(metric, float("nan"))), float(champion[metric])
+            drop = (theirs - mine) if metric in HIGHER_IS_BETTER else (mine - theirs)
+            ok = drop <= tolerance  # NaN compares False
+            out.append(Check(f"champion.{metric}", ok, mine, theirs,
+                             f"{metric} {mine:.4f} {'holds up' if ok else 'regresses'} against champion v{champion['version']} "
+                             f"({theirs:.4f}){'' if ok else f' by more than {tolerance}'}"))
+    return out
+
+
+def decide(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[str, Any] | None,
+           gaps: Sequence[Mapping[str, Any]] = ()) -> tuple[bool, list[str]]:
+    """Pass only when every check passes; the reasons are the messages of every failed check."""
+    reasons = [c.message for c in checks(metrics, policy, champion, gaps) if not c.passed]
+    return not reasons, reasons
+
+
+# --- the champion, the baseline, feature importance -----------------------------------------------------
+
+def champion_scores(client: Any, model_name: str, candidate_version: str, test: pd.DataFrame,
+                    latency_rows: int = 200) -> tuple[dict[str, Any], np.ndarray | None] | None:
+    """The current champion scored on this same test set, or None when there is no champion yet."""
+    found = tracking.load_champion(client, model_name, candidate_version)
+    if found is None:
+        return None
+    version, champion = found
+    missing = [f for f in champion.feature_names if f not in test.columns]
+    if missing:
+        return {"version": str(version.version), "comparable": False, "why": f"champion needs features {missing}"}, None
+    columns = bundle_lib.columns_from_frame(test, champion.feature_names)
+    p = champion.predict_proba(columns)
+    latency = bundle_lib.per_row_latency_ms(champion, columns, rows=latency_rows)
+    info = {"version": str(version.version), "comparable": True, "threshold": champion.threshold,
+            "latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"]}
+    return info, p
+
+
+def baseline_result(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str], kind: str,
+                    latency_rows: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit the scikit-learn baseline on the train split; its metrics and per-row latency on the test split."""
+    from components.evaluation.baseline import fit_baseline
+
+    started = time.perf_counter()
+    model = fit_baseline(train, numeric, categorical, kind)
+    fit_seconds = time.perf_counter() - started
+    columns = bundle_lib.columns_from_frame(test, model.feature_names)
+    p = model.predict_proba(columns)
+    # The same per-row loop as the bundle: it only calls predict_proba(columns), which the baseline offers too.
+    latency = bundle_lib.per_row_latency_ms(cast(bundle_lib.Bundle, model), columns, rows=latency_rows)
+    metrics = classification_metrics(test[LABEL].to_numpy(dtype=int), p, model.threshold)
+    return {"kind": kind, "threshold": model.threshold, "fit_seconds": fit_seconds,
+            "latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"], **metrics}, p
+
+
+def permutation_importance(predict: Predict, columns: Mapping[str, Sequence[Any]], y: np.ndarray, repeats: int,
+                           seed: int = 0) -> list[dict[str, float | str]]:
+    """Drop in ROC-AUC when one feature's values are shuffled across rows (the bundle scores raw values)."""
+    from sklearn.metrics import roc_auc_score
+
+    if repeats < 1 or len(np.unique(y)) < 2:
+        return []
+    rng = np.random.default_rng(seed)
+    base = float(roc_auc_score(y, predict(columns)))
+    out: list[dict[str, float | str]] = []
+    for name in columns:
+        values = list(columns[name])
+        drops = []
+        for _ in range(repeats):
+            order = rng.permutation(len(values))
+            shuffled = {**columns, name: [values[i] for i in order]}
+            drops.append(base - float(roc_auc_score(y, predict(shuffled))))
+        out.append({"feature": name, "mean": float(np.mean(drops)), "std": float(np.std(drops))})
+    return sorted(out, key=lambda r: -float(r["mean"]))
+
+
+# --- the step's logic -----------------------------------------------------------------------------------
+
+def evaluate(model_dir: str, test: pd.DataFrame, policy: GatePolicy, model_name: str | None, version: str | None,
+             train: pd.DataFrame | None = None, client: Any = None) -> Evaluation:
+    """Score the candidate bundle on `test` and judge it by `policy` (and the registry's champion, when there is one)."""
+    candidate = bundle_lib.load(model_dir)
+    if test.empty:
+        raise ValueError("the test set is empty: nothing to evaluate the model on")
+    y = test[LABEL].to_numpy(dtype=int)
+    columns = bundle_lib.columns_from_frame(test, candidate.feature_names)
+    p = candidate.predict_proba(columns)
+    metrics = classification_metrics(y, p, candidate.threshold)
+    latency = bundle_lib.per_row_latency_ms(candidate, columns, rows=policy.latency_rows)
+    metrics.update({"latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"]})
+    ev = Evaluation(metrics=metrics, passed=False, reasons=[], policy=policy, curves=curves(y, p, candidate.threshold))
+    ev.data = {"rows": int(len(test)), "positives": int(y.sum()),
+               "from": str(test[EVENT_TIMESTAMP].min()) if EVENT_TIMESTAMP in test else "n/a",
+               "to": str(test[EVENT_TIMESTAMP].max()) if EVENT_TIMESTAMP in test else "n/a"}
+    ev.lineage = {**candidate.signature.get("lineage", {}), "bundle_sha256": bundle_lib.bundle_digest(model_dir)}
+    if len(np.unique(y)) < 2:
+        ev.notes.append("the test period holds one class only: ROC-AUC and PR-AUC are undefined, so the gate fails")
+
+    ev.slices = slice_table(test, y, p, candidate.threshold, policy.slices)
+    ev.slice_gaps = slice_gaps(ev.slices, policy.slices)
+    for gap in ev.slice_gaps:
+        if "gap" not in gap:
+            ev.notes.append(f"{gap['metric']} across {gap['attribute']}: {gap['slices']} slice(s) with at least "
+                            f"{policy.slices.min_rows} rows and {policy.slices.min_positives} of each class, so no gap was judged")
+    small = [f"{r['attribute']}={r['value']} ({r['rows']} rows, {r['positives']} positive)" for r in ev.slices if not r["gated"]]
+    if small:
+        ev.notes.append("reported, not gated (too small): " + ", ".join(small))
+
+    if model_name and version:
+        client = client or tracking.configure(get_settings())
+        found = champion_scores(client, model_name, version, test, policy.latency_rows)
+        if found is None:
+            ev.notes.append("no champion yet: judged on the absolute thresholds only")
+        else:
+            info, champion_p = found
+            if champion_p is None:
+                ev.notes.append(f"champion v{info['version']} is not comparable ({info['why']}): judged on the absolute thresholds only")
+                ev.champion = info
+            else:
+                ev.champion = {**info, **classification_metrics(y, champion_p, info["threshold"])}
+                ev.other_curves[f"champion v{info['version']}"] = curves(y, champion_p, info["threshold"])
+
+    if train is not None and policy.baseline:
+        numeric, categorical = candidate.numeric, candidate.categorical
+        ev.baseline, baseline_p = baseline_result(train, test, numeric, categorical, policy.baseline, policy.latency_rows)
+        ev.other_curves[f"baseline ({policy.baseline})"] = curves(y, baseline_p, ev.baseline["threshold"])
+
+    sample = test.sample(n=min(len(test), policy.importance_rows), random_state=0) if len(test) > policy.importance_rows else test
+    ev.importance = permutation_importance(candidate.predict_proba, bundle_lib.columns_from_frame(sample, candidate.feature_names),
+                                           sample[LABEL].to_numpy(dtype=int), policy.importance_repeats)
+
+    ev.checks = checks(metrics, policy, ev.champion, ev.slice_gaps)
+    ev.reasons = [c.message for c in ev.checks if not c.passed]
+    ev.passed = not ev.reasons
+    return ev
+
+
+def curves(y: np.ndarray, p: np.ndarray, threshold: float, max_points: int = 200) -> dict[str, Any]:
+    from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
+
+    if len(np.unique(y)) < 2:
+        return {}
+    fpr, tpr, thr = roc_curve(y, p)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).astype(int))
+    precision, recall, _ = precision_recall_curve(y, p)
+    step = max(1, len(precision) // max_points)
+    pred = (p >= threshold).astype(int)
+    matrix = confusion_matrix(y, pred, labels=[0, 1])
+    bins = calibration_bins(y, p)
+    return {
+        "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(thr[keep], 0, 1).tolist()},
+        "pr": {"precision": precision[::step].tolist(), "recall": recall[::step].tolist()},
+        "threshold": float(threshold),  # the confusion matrix is at this score (a score >= it is called positive)
+        "confusion": matrix.tolist(),  # [[TN, FP], [FN, TP]]: rows actual 0/1, columns predicted 0/1
+        "calibration": {k: [b[key] for b in bins] for k, key in
+                        (("true", "observed"), ("predicted", "predicted"), ("rows", "rows"), ("lower", "lower"), ("upper", "upper"))},
+    }

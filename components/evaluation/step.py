@@ -1,0 +1,90 @@
+"""The evaluate step: judge a version by its gate policy; verdict, report and model card.
+
+Each function takes the step's KFP artifacts (anything with `.path` and `.metadata`), calls the stage's
+logic, and records outputs and metadata. Tests call these directly with artifacts on local paths;
+pipelines/ops.py wraps them as @dsl.component bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from components.core.logs import log_metrics, setup_logging
+
+log = logging.getLogger("mlwf")
+
+
+def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, version: str, dataset_spec: str, gate_policy: str,
+                  min_roc_auc: float, max_p99_latency_ms: float, max_regression: float,
+                  metrics: Any, roc: Any, report: Any, model_card: Any, verdict: Any = None, pipeline_run: str = "") -> bool:
+    """Judge the version by its gate policy; record the verdict, report and model card; `challenger` on pass only.
+
+    The verdict (PASS/FAIL, each check and the key metrics) goes to the `verdict` Markdown output, the MLflow
+    run and the registered version's description, so a failed gate shows wherever someone looks at this run.
+    """
+    setup_logging()
+    from pathlib import Path
+
+    import pandas as pd
+
+    from components.core import bundle as bundle_lib
+    from components.core import storage, tracking
+    from components.core.settings import get_settings
+    from components.core.spec import load_spec
+    from components.evaluation.evaluate import evaluate
+    from components.evaluation.policy import policy_for_run
+    from components.evaluation.report import full_card, report_html
+    from components.evaluation.verdict import evaluation_summary, verdict_markdown
+
+    started = time.perf_counter()
+    pipeline_run = tracking.pipeline_run_id(pipeline_run)
+    spec = load_spec(dataset_spec)
+    policy = policy_for_run(gate_policy, dataset_spec, spec.name, float(min_roc_auc), float(max_p99_latency_ms), float(max_regression))
+    client = tracking.configure(get_settings())
+    ev = evaluate(model.path, pd.read_parquet(test_set.path), policy, model_name, version,
+                  train=pd.read_parquet(train_set.path), client=client)
+    scalars = dict(ev.metrics)
+    scalars.update({f"baseline.{k}": v for k, v in (ev.baseline or {}).items() if isinstance(v, float)})
+    scalars.update({f"champion.{k}": v for k, v in (ev.champion or {}).items() if isinstance(v, float) and k != "threshold"})
+    scalars.update({f"slice_gap.{g['attribute']}.{g['metric']}": g["gap"] for g in ev.slice_gaps if "gap" in g})
+    scalars["gate_passed"] = float(ev.passed)
+    finite = {k: float(v) for k, v in scalars.items() if v == v}  # NaN (one-class test set) is not loggable
+    log_metrics(metrics, finite)
+    if ev.curves:
+        roc.log_roc_curve(ev.curves["roc"]["fpr"], ev.curves["roc"]["tpr"], ev.curves["roc"]["thresholds"])
+        roc.log_confusion_matrix(["negative", "positive"], ev.curves["confusion"])
+    page = report_html(ev, model_name, version)
+    card = full_card(Path(model.path, bundle_lib.CARD).read_text(), ev, model_name, version)
+    verdict_text = verdict_markdown(ev, model_name, version, pipeline_run)
+    storage.write_bytes(report.path, page.encode())
+    storage.write_bytes(model_card.path, card.encode())
+    if verdict is not None:
+        storage.write_bytes(verdict.path, verdict_text.encode())
+    mv = client.get_model_version(model_name, version)
+    import mlflow
+
+    with mlflow.start_run(run_id=mv.run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in finite.items()})
+        mlflow.log_text(json.dumps(ev.summary(), indent=2, default=str), "evaluation/gate.json")
+        mlflow.log_text(verdict_text, "evaluation/verdict.md")
+        mlflow.log_text(page, "evaluation/report.html")
+        mlflow.log_text(card, "model_card.md")  # the full card: training-time card + this evaluation
+        # On the run too, so the runs table can show the verdict as a column; a version reused by a later
+        # pipeline run is re-evaluated there, and this names the latest one.
+        mlflow.set_tags({"mlwf.gate": "passed" if ev.passed else "failed",
+                         **({"mlwf.evaluation_pipeline_run": pipeline_run} if pipeline_run else {})})
+    client.update_model_version(model_name, version, description=tracking.with_evaluation(mv.description or "", evaluation_summary(ev, pipeline_run)))
+    client.set_model_version_tag(model_name, version, "mlwf.gate", "passed" if ev.passed else "failed")
+    client.set_model_version_tag(model_name, version, "mlwf.gate_reasons", "; ".join(ev.reasons)[:4000] or "none")
+    client.set_model_version_tag(model_name, version, "mlwf.gate_policy", f"{policy.source} v{policy.version} sha256:{policy.fingerprint()[:16]}"[:4000])
+    if ev.passed:  # a fail changes no alias; `champion` moves only after a successful deploy
+        client.set_registered_model_alias(model_name, "challenger", version)
+    reasons = "; ".join(ev.reasons) or "all checks passed"
+    for artifact in (report, model_card, verdict):
+        if artifact is not None:
+            artifact.metadata.update({"passed": ev.passed, "reasons": reasons, "policy_version": policy.version})
+    log.info("evaluate: gate %s for %s v%s (%s) in %.1fs", "PASSED" if ev.passed else "FAILED", model_name, version, reasons, time.perf_counter() - started)
+    return bool(ev.passed)

@@ -1,0 +1,38 @@
+"""The model card written into every bundle at training time (the evaluate step adds its verdict)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from components.core.spec import DatasetSpec
+
+
+def model_card(spec: DatasetSpec, name: str, lineage: dict[str, Any], result: Any, train: pd.DataFrame) -> str:
+    positives = int(train["label"].sum())
+    return f"""# Model card: {name}
+
+## Intended use
+Scores `{spec.name}` records: the probability that `{spec.label}` is `{spec.positive}`. {spec.description}
+Decisions use the threshold {result.threshold:.4f} (best F1 on the time-ordered validation split).
+Not for use on populations or time periods unlike the training data without re-evaluation.
+
+## Data
+- Training rows: {len(train)} ({positives} positive, {positives / max(len(train), 1):.2%}),
+  from {train['event_timestamp'].min()} to {train['event_timestamp'].max()}.
+- Features ({len(spec.feature_names)}): {', '.join(spec.feature_names)}; FeatureService `{lineage['feature_service']}`.
+- Dataset fingerprint: `{lineage['dataset_fingerprint'] or 'n/a'}`.
+
+## Training
+- Tabular network (signed-log + standardised numerics, embeddings for categoricals, MLP), on {result.device}.
+- Best epoch {result.best_epoch}; validation ROC-AUC {result.validation_auc:.4f}.
+- Code version `{lineage['code_version']}`.
+
+## Evaluation
+Test-period metrics, slices and the gate's verdict are in the evaluation report of the pipeline run
+and in the MLflow run of this version.
+
+## Limitations
+Categories unseen in training share one slot; rows with missing numerics are imputed with training means.
+"""

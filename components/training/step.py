@@ -1,0 +1,35 @@
+"""The train step: train, track in MLflow, seal the bundle, register the version.
+
+Each function takes the step's KFP artifacts (anything with `.path` and `.metadata`), calls the stage's
+logic, and records outputs and metadata. Tests call these directly with artifacts on local paths;
+pipelines/ops.py wraps them as @dsl.component bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from components.core.logs import log_metrics, setup_logging
+
+log = logging.getLogger("mlwf")
+
+
+def train_step(dataset_spec: str, train_set: Any, feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Any, metrics: Any,
+               nodes: int = 1, gpus_per_node: int = 1, pipeline_run: str = "", pipeline_run_name: str = "") -> tuple[str, str]:
+    setup_logging()
+    from components.core.spec import load_spec
+    from components.training.run import run_training_step
+    from components.training.train import TrainParams
+
+    started = time.perf_counter()
+    spec = load_spec(dataset_spec)
+    out = run_training_step(spec, train_set.path, model.path, TrainParams(epochs=int(epochs), seed=int(seed)), feature_service, dataset_fingerprint,
+                            nodes=int(nodes), gpus_per_node=int(gpus_per_node), pipeline_run=pipeline_run,
+                            pipeline_run_name=pipeline_run_name)
+    model.metadata.update({k: v for k, v in out.items() if isinstance(v, (str, int, float, bool))})
+    model.metadata["framework"] = "pytorch (torch.export bundle)"
+    log_metrics(metrics, {k: out[k] for k in ("val_roc_auc", "epochs", "world_size") if k in out})
+    log.info("train: %s version %s (%s) in %.1fs", out["model_name"], out["version"], "reused" if out["reused"] else "new", time.perf_counter() - started)
+    return str(out["model_name"]), str(out["version"])
