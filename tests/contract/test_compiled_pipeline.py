@@ -7,7 +7,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipelines.cli import compile_package
+from pipelines.compile import compile_package
 from pipelines.training import SECRETS, SETTINGS_CONFIG_MAP
 
 SECRET_VALUE = "do-not-leak-4f1c9a"

@@ -158,7 +158,8 @@ def test_schedule_creates_a_recurring_run_through_the_kfp_api(monkeypatch):
 
     import yaml
 
-    from pipelines.cli import MONITORING_PACKAGE, main
+    from pipelines.cli import main
+    from pipelines.compile import MONITORING_PACKAGE
 
     requests_seen: list[tuple[str, str, dict]] = []
 
@@ -213,7 +214,7 @@ def test_committed_monitoring_package_is_current_and_gates_the_retraining(tmp_pa
     """`mlwf compile` writes pipelines/compiled/monitoring.yaml; the committed one must match the code."""
     import yaml
 
-    from pipelines.cli import MONITORING_PACKAGE, compile_package
+    from pipelines.compile import MONITORING_PACKAGE, compile_package
     from pipelines.monitoring import monitoring_pipeline
 
     fresh = compile_package(str(tmp_path / "monitoring.yaml"), None, monitoring_pipeline)

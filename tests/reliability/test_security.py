@@ -260,7 +260,7 @@ def test_no_secret_reaches_logs_mlflow_or_compiled_packages(state_dir, monkeypat
     from components.core.spec import parse_spec
     from components.training.run import run_training_step
     from components.training.train import TrainParams
-    from pipelines.cli import compile_package
+    from pipelines.compile import compile_package
     from pipelines.monitoring import monitoring_pipeline
 
     _secret_env(monkeypatch, _free_port())

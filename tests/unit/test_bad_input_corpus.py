@@ -13,8 +13,9 @@ import pytest
 
 from components.core.spec import load_spec
 from components.data.ingest import IngestError, ingest
-from components.data.validate import load_suite, validate, write_suite
-from pipelines.cli import _check_inputs, main
+from components.data.suite import load_suite, write_suite
+from components.data.validate import validate
+from pipelines.cli import check_inputs, main
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
 
@@ -101,7 +102,7 @@ def test_broken_files_are_a_one_line_error_and_leave_no_record(corpus, tmp_path,
     assert not out.exists()
     assert not state_dir.exists() or not any(state_dir.rglob("*.json"))  # nothing that would skip it next time
     with pytest.raises(ValueError) as pre:  # the CLI's preflight says the same, in one line
-        _check_inputs(ref, str(data))
+        check_inputs(ref, str(data))
     assert message in str(pre.value) and "\n" not in str(pre.value)
 
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from pipelines.cli import main, parse_arguments
+from pipelines.cli import main
+from pipelines.kfp_api import parse_arguments
 from tests.conftest import make_csv
 
 
@@ -66,7 +67,7 @@ def test_submit_arguments_parse_as_json_when_they_can():
 
 
 def test_digest_pinning_keeps_a_registry_port():
-    from pipelines.cli import pin_digest
+    from pipelines.compile import pin_digest
 
     digest = "sha256:" + "b" * 64
     assert pin_digest("localhost:5000/mlwf/components:1.2", digest) == f"localhost:5000/mlwf/components@{digest}"
@@ -77,7 +78,7 @@ def test_digest_pinning_keeps_a_registry_port():
 def test_submit_fills_gpu_placement_from_settings(monkeypatch):
     from pathlib import Path
 
-    from pipelines.cli import with_gpu_placement
+    from pipelines.kfp_api import with_gpu_placement
 
     package = str(Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "training.yaml")
     monkeypatch.setenv("MLWF_GPU_TOLERATIONS", '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]')
@@ -90,22 +91,22 @@ def test_submit_fills_gpu_placement_from_settings(monkeypatch):
 
 
 def test_suite_command_and_first_use_of_a_local_spec(tmp_path, state_dir, capsys):
-    from pipelines.cli import _check_inputs
+    from pipelines.cli import check_inputs
 
     spec = tmp_path / "churn.yaml"
     spec.write_text("name: churn\nlabel: {column: y, positive: 1}\nfeatures: {numeric: {x: {min: 0}}}\n")
     data = tmp_path / "d.csv"
     data.write_text("x,y\n1,0\n2,1\n")
-    _check_inputs(str(spec), str(data))  # first use: the suite is written beside the spec, and the user told
+    check_inputs(str(spec), str(data))  # first use: the suite is written beside the spec, and the user told
     assert (tmp_path / "churn.suite.json").exists() and "wrote the validation suite" in capsys.readouterr().out
     assert main(["suite", "--dataset", str(spec), "--check"]) == 0
     spec.write_text(spec.read_text().replace("min: 0", "min: 1"))
     assert main(["suite", "--dataset", str(spec), "--check"]) == 2
     assert "stale" in capsys.readouterr().err
     with pytest.raises(ValueError, match="stale"):
-        _check_inputs(str(spec), str(data))
+        check_inputs(str(spec), str(data))
     assert main(["suite", "--dataset", str(spec)]) == 0 and "wrote" in capsys.readouterr().out
-    _check_inputs(str(spec), str(data))
+    check_inputs(str(spec), str(data))
 
 
 # --- a local run as a person reads it -----------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def test_mlwf_run_prints_the_failing_steps_log_tail(tmp_path, state_dir, capfd, 
         return local.run_pipeline_locally(failing_pipeline, {"lines": 60}, "log-capture-fail", console, describe)
 
     monkeypatch.setattr(local, "run_local", run_local)
-    monkeypatch.setattr(cli, "_check_inputs", lambda dataset, source: None)
+    monkeypatch.setattr(cli, "check_inputs", lambda dataset, source: None)
     assert main(["run", "--local", "--data", str(tmp_path / "any.csv")]) == 2
     out, err = capfd.readouterr()
     assert "[2/2] breaks ..." in out and "FAILED" in out
@@ -218,11 +219,11 @@ def test_mlwf_run_prints_the_failing_steps_log_tail(tmp_path, state_dir, capfd, 
 def test_every_option_says_its_default_and_epochs_is_a_maximum(capsys):
     import argparse
 
-    from pipelines.cli import _HelpFormatter, build_parser
+    from pipelines.cli import HelpFormatter, build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    formatter = _HelpFormatter("mlwf")
+    formatter = HelpFormatter("mlwf")
     for name, command in commands.items():
         for action in command._actions:
             if not action.option_strings or isinstance(action, argparse._HelpAction) or action.required:
@@ -256,13 +257,13 @@ def test_the_mlflow_line_is_a_command_that_runs_and_the_training_view_url(tmp_pa
 
     from components.core import tracking
     from components.core.settings import get_settings
-    from pipelines.cli import _mlflow_lines
+    from pipelines.summary import mlflow_lines
 
     settings = get_settings()
     client = tracking.configure(settings)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment).experiment_id
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the project's root, where `make mlflow-ui` works
-    first, second = _mlflow_lines(settings, client, None)
+    first, second = mlflow_lines(settings, client, None)
     assert f"make mlflow-ui MLWF_STATE_DIR={settings.state_dir}" in first
     command = first.split("(or: ", 1)[1].rstrip(")").split()
     assert command[1:] == ["ui", "--backend-store-uri", settings.mlflow_tracking_uri]
