@@ -20,8 +20,8 @@ from components.core.settings import get_settings
 from components.training import distributed, trainjob
 from components.training.train import TrainParams
 from tests.contract.manifest_tools import crd_validator
-from tests.unit.test_distributed import SPEC
-from tests.unit.test_train_and_bundle import synthetic
+from tests.factories import SYNTHETIC_SPEC as SPEC
+from tests.factories import synthetic
 
 PATH = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([a-z0-9-]+)/trainjobs(?:/([a-z0-9.-]+))?$")
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from components.core import bundle as bundle_lib
-from components.core.spec import CategoricalFeature, DatasetSpec, NumericFeature
 from components.training.distributed import (
     DistributedTrainingError,
     run_local,
@@ -15,14 +14,9 @@ from components.training.distributed import (
     spec_to_json,
 )
 from components.training.train import Shard, TrainParams, _rank_order
-from tests.unit.test_train_and_bundle import synthetic
+from tests.factories import SYNTHETIC_SPEC as SPEC
+from tests.factories import synthetic
 
-SPEC = DatasetSpec(
-    name="synthetic", label="y", positive="1", negative="0",
-    numeric=(NumericFeature("x1"), NumericFeature("x2", nullable=True)),
-    categorical=(CategoricalFeature("colour", values=("red", "green", "blue")),),
-    description="Two numbers and a colour.",
-)
 PARAMS = TrainParams(epochs=6, batch_size=64, seed=3, patience=10)
 
 

@@ -1,29 +1,14 @@
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from components.core import bundle as bundle_lib
 from components.training.train import TrainParams, build_bundle, train_model
+from tests.factories import synthetic
 
 NUMERIC = ["x1", "x2"]
 CATEGORICAL = ["colour"]
-
-
-def synthetic(n: int = 1500, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x1 = rng.normal(size=n)
-    x2 = rng.lognormal(size=n)
-    colour = rng.choice(["red", "green", "blue"], n)
-    logit = 2 * x1 + (colour == "red") * 1.5 - 1.0
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int8")
-    x2[::50] = np.nan  # missing values are imputed inside the program
-    return pd.DataFrame({
-        "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
-        "x1": x1, "x2": x2, "colour": colour, "label": y,
-    })
 
 
 @pytest.fixture(scope="module")
