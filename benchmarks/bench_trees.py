@@ -1,6 +1,6 @@
 """LightGBM as a torch program: latency per call at batch 1 and 1,000 rows (300 trees, 31 leaves; quick: 60 trees).
 
-Project: components/training/trees.py, the exported program the bundle would hold (torch.export, saved and loaded
+Project: components/training/trees.py (+ tree_programs.py, tree_parity.py), the exported program the bundle would hold (torch.export, saved and loaded
 back), strategy chosen by to_program("auto"); the GEMM-only and traversal-only programs are timed too (notes).
 Anchor, in the same run on the same rows: the booster's own `predict` (LightGBM's C++ predictor), which a bundle
 cannot hold. Threads: cpu_budget() for both. The model has NaNs and categorical splits.
@@ -51,7 +51,7 @@ def run(quick: bool) -> list[Figure]:
     import torch
 
     from components.core import threads
-    from components.training import trees
+    from components.training import tree_parity, tree_programs, trees
 
     n_threads = threads.apply_torch_threads()
     rounds = 60 if quick else 300
@@ -66,8 +66,8 @@ def run(quick: bool) -> list[Figure]:
         params={"learning_rate": 0.01},  # slow learning: every round improves, the model keeps all its trees
     )
     booster = result.booster
-    programs = {s: trees.to_program(booster, 8, 3, s) for s in ("auto", "gemm", "traverse")}
-    parity = trees.parity_check(booster, programs["auto"], valid[0][:500], valid[1][:500])
+    programs = {s: tree_programs.to_program(booster, 8, 3, s) for s in ("auto", "gemm", "traverse")}
+    parity = tree_parity.parity_check(booster, programs["auto"], valid[0][:500], valid[1][:500])
 
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     with tempfile.TemporaryDirectory() as tmp:

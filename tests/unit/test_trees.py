@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.training import trees
+from components.training import tree_parity, tree_programs, trees
 
 N_NUMERIC, N_CATEGORICAL, N_CODES = 5, 2, 20
 
@@ -71,8 +71,8 @@ def test_model_has_every_split_kind_the_converter_handles(model):
 @pytest.mark.parametrize("strategy", ["gemm", "traverse", "dispatch"])
 def test_parity_on_given_and_edge_rows(model, strategy):
     booster, vn, vc = model
-    program = trees.to_program(booster, N_NUMERIC, N_CATEGORICAL, strategy, cutoff=8)
-    report = trees.parity_check(booster, program, vn, vc)
+    program = tree_programs.to_program(booster, N_NUMERIC, N_CATEGORICAL, strategy, cutoff=8)
+    report = tree_parity.parity_check(booster, program, vn, vc)
     assert report["rows"] == len(vn) and report["edge_rows"] > 500
     assert report["max_abs_diff"] <= 1e-6, report
 
@@ -86,13 +86,13 @@ def test_zero_as_missing_and_no_missing_models_match():
         else:
             assert not forest.miss_zero.any() and not forest.miss_nan.any()
         for strategy in ("gemm", "traverse"):
-            program = trees.to_program(result.booster, N_NUMERIC, N_CATEGORICAL, strategy)
-            assert trees.parity_check(result.booster, program, vn, vc)["max_abs_diff"] <= 1e-6
+            program = tree_programs.to_program(result.booster, N_NUMERIC, N_CATEGORICAL, strategy)
+            assert tree_parity.parity_check(result.booster, program, vn, vc)["max_abs_diff"] <= 1e-6
 
 
 def test_export_save_load_weights_only_round_trip(model, tmp_path, monkeypatch):
     booster, vn, vc = model
-    program = trees.to_program(booster, N_NUMERIC, N_CATEGORICAL, "dispatch", cutoff=8)
+    program = tree_programs.to_program(booster, N_NUMERIC, N_CATEGORICAL, "dispatch", cutoff=8)
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     example = (torch.from_numpy(vn[:8]), torch.from_numpy(vc[:8]))
     exported = torch.export.export(program, example, dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}})
@@ -103,7 +103,7 @@ def test_export_save_load_weights_only_round_trip(model, tmp_path, monkeypatch):
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     loaded = torch.export.load(str(path)).module()
     forest = trees.parse_dump(booster.dump_model(), N_NUMERIC, N_CATEGORICAL)
-    edge_n, edge_c = trees.edge_rows(forest, vn[:16], vc[:16])
+    edge_n, edge_c = tree_parity.edge_rows(forest, vn[:16], vc[:16])
     with torch.no_grad():
         for rows_n, rows_c in ((vn[:1], vc[:1]), (vn[:5], vc[:5]), (vn, vc), (edge_n, edge_c)):
             n, c = torch.from_numpy(rows_n), torch.from_numpy(rows_c)
@@ -115,15 +115,15 @@ def test_export_save_load_weights_only_round_trip(model, tmp_path, monkeypatch):
 
 def test_edge_rows_catch_thresholds_rounded_to_nearest(model, monkeypatch):
     booster, vn, vc = model
-    monkeypatch.setattr(trees, "round_down_f32", lambda v: np.asarray(v, dtype=np.float64).astype(np.float32))
-    broken = trees.to_program(booster, N_NUMERIC, N_CATEGORICAL, "traverse")
+    monkeypatch.setattr(tree_programs, "round_down_f32", lambda v: np.asarray(v, dtype=np.float64).astype(np.float32))
+    broken = tree_programs.to_program(booster, N_NUMERIC, N_CATEGORICAL, "traverse")
     # Ordinary rows do not see it ...
     with torch.no_grad():
         got = broken(torch.from_numpy(vn), torch.from_numpy(vc)).double().numpy()
     assert np.abs(got - booster.predict(trees.lightgbm_matrix(vn, vc))).max() <= 1e-6
     # ... the rows placed at the thresholds do.
     with pytest.raises(trees.ParityError, match=r"edge row \d+: numeric="):
-        trees.parity_check(booster, broken, vn, vc)
+        tree_parity.parity_check(booster, broken, vn, vc)
 
 
 def test_edge_rows_catch_ignored_default_left(model):
@@ -132,18 +132,18 @@ def test_edge_rows_catch_ignored_default_left(model):
     forest.num_default_left = np.zeros_like(
         forest.num_default_left
     )  # NaN always right, as if default_left were ignored
-    for broken in (trees.TreeGemmProgram(forest).eval(), trees.TreeTraverseProgram(forest).eval()):
+    for broken in (tree_programs.TreeGemmProgram(forest).eval(), tree_programs.TreeTraverseProgram(forest).eval()):
         with pytest.raises(trees.ParityError, match="differs from booster.predict by"):
-            trees.parity_check(booster, broken, vn, vc)
+            tree_parity.parity_check(booster, broken, vn, vc)
 
 
 def test_edge_rows_catch_missing_zero_threshold(monkeypatch):
     result, vn, vc = train(seed=1, zeros=True, rounds=25, zero_as_missing=True)
-    program = trees.to_program(result.booster, N_NUMERIC, N_CATEGORICAL, "gemm")
-    trees.parity_check(result.booster, program, vn, vc)
-    monkeypatch.setattr(trees, "KZERO", 0.0)  # |x| <= 1e-35 no longer read as zero
+    program = tree_programs.to_program(result.booster, N_NUMERIC, N_CATEGORICAL, "gemm")
+    tree_parity.parity_check(result.booster, program, vn, vc)
+    monkeypatch.setattr(tree_programs, "KZERO", 0.0)  # |x| <= 1e-35 no longer read as zero
     with pytest.raises(trees.ParityError, match="edge row"):
-        trees.parity_check(result.booster, program, vn, vc)
+        tree_parity.parity_check(result.booster, program, vn, vc)
 
 
 def test_nan_versus_rest_split_keeps_its_infinite_threshold(monkeypatch):
@@ -164,15 +164,15 @@ def test_nan_versus_rest_split_keeps_its_infinite_threshold(monkeypatch):
     forest = trees.parse_dump(booster.dump_model(), 2, 0)
     assert np.isinf(forest.num_threshold).any()
     vn, vc, _ = data(300, 2)
-    program = trees.to_program(booster, 2, 0, "traverse")
-    assert trees.parity_check(booster, program, vn, vc)["max_abs_diff"] <= 1e-6
+    program = tree_programs.to_program(booster, 2, 0, "traverse")
+    assert tree_parity.parity_check(booster, program, vn, vc)["max_abs_diff"] <= 1e-6
     with torch.no_grad():  # the bundle passes one dummy codes column when there is no categorical feature
         n = torch.from_numpy(vn)
         assert torch.equal(program(n, torch.zeros(300, 1, dtype=torch.int64)), program(n, torch.from_numpy(vc)))
     monkeypatch.setattr(trees, "_undo_avoid_inf", lambda t: t)
-    broken = trees.to_program(booster, 2, 0, "gemm")
+    broken = tree_programs.to_program(booster, 2, 0, "gemm")
     with pytest.raises(trees.ParityError, match=r"numeric=\[inf"):
-        trees.parity_check(booster, broken, vn, vc)
+        tree_parity.parity_check(booster, broken, vn, vc)
 
 
 def test_round_down_f32_is_the_largest_float32_not_above():
@@ -205,16 +205,16 @@ def test_conversion_refuses_what_it_cannot_express(model):
     with pytest.raises(trees.TreeConversionError, match="binary"):
         trees.parse_dump(dump, N_NUMERIC, N_CATEGORICAL)
     with pytest.raises(ValueError, match="cutoff"):
-        trees.to_program(booster, N_NUMERIC, N_CATEGORICAL, "dispatch")
+        tree_programs.to_program(booster, N_NUMERIC, N_CATEGORICAL, "dispatch")
 
 
 def test_auto_strategy_times_both_and_keeps_parity(model):
     booster, vn, vc = model
     forest = trees.parse_dump(booster.dump_model(), N_NUMERIC, N_CATEGORICAL)
-    gemm, traverse = trees.TreeGemmProgram(forest).eval(), trees.TreeTraverseProgram(forest).eval()
-    cutoff, timings = trees.choose_cutoff(gemm, traverse, N_NUMERIC, N_CATEGORICAL, batches=(1, 64))
+    gemm, traverse = tree_programs.TreeGemmProgram(forest).eval(), tree_programs.TreeTraverseProgram(forest).eval()
+    cutoff, timings = tree_programs.choose_cutoff(gemm, traverse, N_NUMERIC, N_CATEGORICAL, batches=(1, 64))
     assert set(timings) == {1, 64} and all(t["gemm"] > 0 and t["traverse"] > 0 for t in timings.values())
     assert cutoff in (0, 1, 64)
-    program = trees.to_program(booster, N_NUMERIC, N_CATEGORICAL, "auto")
+    program = tree_programs.to_program(booster, N_NUMERIC, N_CATEGORICAL, "auto")
     assert program.strategy in ("gemm", "traverse", "dispatch")
-    assert trees.parity_check(booster, program, vn[:200], vc[:200])["max_abs_diff"] <= 1e-6
+    assert tree_parity.parity_check(booster, program, vn[:200], vc[:200])["max_abs_diff"] <= 1e-6
