@@ -46,7 +46,8 @@ def _raw_parquet(rows: int, workdir: str) -> bytes:
 
 def project(raw_bytes: bytes, spec: Any, suite: Any) -> tuple[bytes, bytes, int]:
     """What validate_step does with the data (no report, no state records)."""
-    from components.data.validate import to_parquet_bytes, validate
+    from components.core.storage import to_parquet_bytes
+    from components.data.validate import validate
 
     with pd.option_context("future.infer_string", True):
         raw = pd.read_parquet(io.BytesIO(raw_bytes))
@@ -56,16 +57,18 @@ def project(raw_bytes: bytes, spec: Any, suite: Any) -> tuple[bytes, bytes, int]
 
 def without_gx(raw_bytes: bytes, spec: Any, suite: Any) -> tuple[bytes, bytes, int]:
     """The project's data path with GX left out (masks only, unchecked): what GX's pass over every row costs."""
+    from components.core.storage import to_parquet_bytes
+    from components.data import checks, gx
     from components.data import validate as V
 
     with pd.option_context("future.infer_string", True):
         raw = pd.read_parquet(io.BytesIO(raw_bytes))
-    prepared = V.prepare(spec, raw)
-    ids = V._unique_ids(suite.expectations)
-    masks = {i: V.row_mask(prepared, e) for i, e in zip(ids, suite.expectations)}
-    outcome = V._outcome(spec, suite, raw, prepared.frame, V._failing(ids, masks, None), "bench", "bench", None)
+    prepared = checks.prepare(spec, raw)
+    ids = gx.unique_ids(suite.expectations)
+    masks = {i: checks.row_mask(prepared, e) for i, e in zip(ids, suite.expectations)}
+    outcome = V._outcome(spec, suite, raw, prepared.frame, gx.failing_rows(ids, masks, None), "bench", "bench", None)
     V.check_conservation(raw, outcome, "bench")
-    return V.to_parquet_bytes(outcome.valid_table), V.to_parquet_bytes(outcome.quarantined), len(outcome.quarantined)
+    return to_parquet_bytes(outcome.valid_table), to_parquet_bytes(outcome.quarantined), len(outcome.quarantined)
 
 
 NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
@@ -74,7 +77,7 @@ NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 def plain_pandas(raw_bytes: bytes, spec: Any) -> tuple[bytes, bytes, int]:
     """The same checks written the ordinary pandas way: object strings, masks, no GX."""
     from components.core.spec import EVENT_TIMESTAMP, LABEL, SOURCE_LINE
-    from components.data.validate import canonical_label
+    from components.data.suite import canonical_label
 
     raw = pd.read_parquet(io.BytesIO(raw_bytes))
     key = spec.entity_column
@@ -132,12 +135,13 @@ def plain_pandas(raw_bytes: bytes, spec: Any) -> tuple[bytes, bytes, int]:
 def run(quick: bool) -> list[Figure]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from components.core.spec import load_spec
-    from components.data import validate as V
+    from components.data import checks, gx
+    from components.data import suite as suites
 
     rows = 50_000 if quick else 1_000_000
     repeats = 3
     spec = load_spec("transactions")
-    suite = V.load_suite(spec, "transactions")
+    suite = suites.load_suite(spec, "transactions")
     with tempfile.TemporaryDirectory() as tmp:
         raw_bytes = _raw_parquet(rows, tmp)
 
@@ -153,23 +157,23 @@ def run(quick: bool) -> list[Figure]:
 
     with pd.option_context("future.infer_string", True):
         raw = pd.read_parquet(io.BytesIO(raw_bytes))
-    prepared = V.prepare(spec, raw)
-    ids = [V.expectation_id(e) for e in suite.expectations]
-    failing, _ = V.check_rows(prepared, suite.expectations)
+    prepared = checks.prepare(spec, raw)
+    ids = [suites.expectation_id(e) for e in suite.expectations]
+    failing, _ = gx.check_rows(prepared, suite.expectations)
 
     def complete() -> dict[str, Any]:
-        with V._gx_settings():
-            return V.run_gx(prepared.frame, suite.expectations, set(ids))
+        with gx.gx_settings():
+            return gx.run_gx(prepared.frame, suite.expectations, set(ids))
 
     gx_rows = complete()
     for i in ids:  # GX's own row lists and the cross-checked masks name exactly the same rows
         if not np.array_equal(gx_rows[i].index, failing[i]):
             raise RuntimeError(f"GX COMPLETE and the masks differ on {i}")
-    t_masks = median_seconds(lambda: V.check_rows(prepared, suite.expectations), repeats=repeats)
+    t_masks = median_seconds(lambda: gx.check_rows(prepared, suite.expectations), repeats=repeats)
 
     def gx_pass() -> dict[str, Any]:  # GX alone over the prepared rows, as validate runs it (BASIC): the bound
-        with V._gx_settings():
-            return V.run_gx(prepared.frame, suite.expectations, set())
+        with gx.gx_settings():
+            return gx.run_gx(prepared.frame, suite.expectations, set())
 
     t_gx = median_seconds(gx_pass, repeats=repeats)
     t_complete = median_seconds(complete, repeats=1 if not quick else repeats)

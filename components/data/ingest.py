@@ -256,7 +256,7 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, is_parquet: bool) -> pd.DataF
 
 
 def _snapshot_path(state_dir: str, spec: DatasetSpec, sha: str) -> str:
-    from components.data.validate import spec_fingerprint
+    from components.data.suite import spec_fingerprint
 
     return storage.join(lineage.ingest_dir(state_dir, spec.name), "snapshots", f"{sha}-{spec_fingerprint(spec)[:16]}.parquet")
 
@@ -287,7 +287,7 @@ def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str, run_id
     one-line error and leaves no record that would make a rerun skip it.
     """
     from components.core.tracking import code_version
-    from components.data.validate import suite_from_spec
+    from components.data.suite import suite_from_spec
 
     suite_version = suite_version or suite_from_spec(spec).version
     files = list_source(source)
@@ -342,7 +342,7 @@ def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str, run_id
 
     code = code_version()
     fingerprint = lineage.dataset_fingerprint([(r["uri"], r["sha256"]) for r in records], suite_version, code)
-    from components.data.validate import spec_fingerprint
+    from components.data.suite import spec_fingerprint
 
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     lineage.write_once(lineage.manifest_path(state_dir, spec.name, fingerprint), {

@@ -1,6 +1,6 @@
 """The validation step's HTML report: the verdict, every check with its failing rows, and example rows.
 
-It reads a `ValidationOutcome` (components/data/validate.py) and computes nothing new, so it cannot disagree
+It reads a `ValidationOutcome` (components/data/outcome.py) and computes nothing new, so it cannot disagree
 with what went to quarantine. Columns are named as the user's data names them: the pipeline renames
 the timestamp to `event_timestamp`, checks the label's and numbers' text in `<name>__raw` twins and
 bounds event times by an `as_of` column; none of those internal names is shown. Example rows carry
@@ -13,7 +13,8 @@ from typing import Any
 
 from components.core.report_style import Cell, Html, banner, code, count, join, key_values, page, table, tag, value_text
 from components.core.spec import EVENT_TIMESTAMP, GENERATED_ENTITY, LABEL, SOURCE_LINE, DatasetSpec
-from components.data.validate import AS_OF, CLOCK_SKEW, NUMBER_PATTERN, RAW, SOURCE_FILE, ValidationOutcome, expectation_id
+from components.data.outcome import ValidationOutcome
+from components.data.suite import AS_OF, CLOCK_SKEW, NUMBER_PATTERN, RAW, SOURCE_FILE, expectation_columns, expectation_id
 
 MAX_SET_VALUES = 12  # an allowed-values list longer than this is shown by its start and its length
 
@@ -46,15 +47,9 @@ def raw_column(spec: DatasetSpec, name: str) -> str:
     return base
 
 
-def _checked(exp: dict[str, Any]) -> list[str]:
-    kw = exp["kwargs"]
-    cols = [kw.get("column"), kw.get("column_A"), kw.get("column_B"), *kw.get("column_list", [])]
-    return [c for c in cols if c]
-
-
 def _columns_of(spec: DatasetSpec, exp: dict[str, Any]) -> list[str]:
     """The user's names of the data columns a check is about (the per-file time bound is not one)."""
-    names = [user_column(spec, c) for c in _checked(exp) if c.removesuffix(RAW) != AS_OF]
+    names = [user_column(spec, c) for c in expectation_columns(exp) if c.removesuffix(RAW) != AS_OF]
     return list(dict.fromkeys(names))
 
 
@@ -110,7 +105,7 @@ def _status(spec: DatasetSpec, outcome: ValidationOutcome) -> str:
 
 def _example_table(spec: DatasetSpec, exp: dict[str, Any], rows: list[dict[str, Any]], source: str) -> Html:
     """Example failing rows: whole file path and line, then the user's columns, the checked value(s) highlighted."""
-    failing = {raw_column(spec, c) for c in _checked(exp)}
+    failing = {raw_column(spec, c) for c in expectation_columns(exp)}
     columns = [spec.entity_column]
     if spec.timestamp is not None or EVENT_TIMESTAMP in failing:
         columns.append(EVENT_TIMESTAMP)

@@ -23,7 +23,7 @@ def ingest_step(dataset_spec: str, source_uri: str, raw: Any, run_id: str = "loc
     from components.core.settings import get_settings
     from components.core.spec import load_spec
     from components.data.ingest import ingest
-    from components.data.validate import load_suite
+    from components.data.suite import load_suite
 
     started = time.perf_counter()
     spec = load_spec(dataset_spec)
@@ -50,7 +50,9 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
     from components.core import lineage, storage
     from components.core.settings import get_settings
     from components.core.spec import load_spec
-    from components.data.validate import enforce_threshold, load_suite, report_html, to_parquet_bytes, validate
+    from components.data.report import report_html
+    from components.data.suite import load_suite
+    from components.data.validate import enforce_threshold, validate
 
     started = time.perf_counter()
     state = get_settings().state_dir
@@ -71,8 +73,8 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
         "spec_sha256": suite.spec_sha256, "code_version": manifest["code_version"], "first_run_id": manifest["run_id"],
         "files": [{"uri": f["uri"], "sha256": f["sha256"], "rows": f["rows"]} for f in manifest["files"]],
     }
-    valid_bytes = to_parquet_bytes(outcome.valid_table, {"mlwf.lineage": json.dumps(record, sort_keys=True)})
-    quarantined = to_parquet_bytes(outcome.quarantined, {"mlwf.lineage": json.dumps(record, sort_keys=True)})
+    valid_bytes = storage.to_parquet_bytes(outcome.valid_table, {"mlwf.lineage": json.dumps(record, sort_keys=True)})
+    quarantined = storage.to_parquet_bytes(outcome.quarantined, {"mlwf.lineage": json.dumps(record, sort_keys=True)})
     # The quarantine store outlives the run: keyed by the dataset version, so a rerun rewrites the same
     # bytes and never duplicates; a new input file makes a new version.
     store_path = storage.join(state, "quarantine", spec.name, f"{fingerprint[:16]}.parquet")

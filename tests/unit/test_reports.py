@@ -17,7 +17,7 @@ import pytest
 
 from components.core import report_style
 from components.core.spec import parse_spec
-from components.data.validate import report_html as validation_html
+from components.data.report import report_html as validation_html
 from components.data.validate import validate
 from components.evaluation.evaluate import Evaluation, GatePolicy, checks, classification_metrics, curves, slice_gaps, slice_table
 from components.evaluation.policy import SlicePolicy

@@ -5,7 +5,9 @@ import pyarrow as pa
 import pytest
 
 from components.core.spec import parse_spec
-from components.data.validate import ValidationFailed, canonical_label, enforce_threshold, validate
+from components.data.outcome import ValidationFailed
+from components.data.suite import canonical_label
+from components.data.validate import enforce_threshold, validate
 from tests.conftest import ingest_frame, make_csv
 
 NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -86,7 +88,7 @@ def churn_spec(tmp_path):
 
 def test_the_committed_demo_suite_is_current():
     from components.core.spec import load_spec
-    from components.data.validate import load_suite
+    from components.data.suite import load_suite
 
     suite = load_suite(load_spec("transactions"), "transactions")  # raises when the spec moved on without it
     assert suite.path.endswith("components/datasets/transactions.suite.json") and len(suite.version) == 16
@@ -94,7 +96,7 @@ def test_the_committed_demo_suite_is_current():
 
 def test_suite_file_beside_the_spec_missing_stale_and_edited(tmp_path):
     from components.core.spec import load_spec
-    from components.data.validate import SuiteError, load_suite, suite_path, write_suite
+    from components.data.suite import SuiteError, load_suite, suite_path, write_suite
 
     path = churn_spec(tmp_path)
     spec = load_spec(str(path))
@@ -120,7 +122,7 @@ def test_suite_file_beside_the_spec_missing_stale_and_edited(tmp_path):
 
 def test_custom_expectations_are_kept_versioned_and_quarantine_rows(tmp_path, state_dir):
     from components.core.spec import load_spec
-    from components.data.validate import SuiteError, load_suite, write_suite
+    from components.data.suite import SuiteError, load_suite, write_suite
 
     path = churn_spec(tmp_path)
     write_suite(str(path))
@@ -143,17 +145,17 @@ def test_custom_expectations_are_kept_versioned_and_quarantine_rows(tmp_path, st
 
 
 def test_row_masks_that_disagree_with_gx_stop_the_run(tmp_path, state_dir, transactions_spec, monkeypatch):
-    from components.data import validate as validate_module
+    from components.data import checks
 
     raw = ingest_frame(transactions_spec, make_csv(tmp_path / "tx.csv", rows=500, bad_fraction=0.05), state_dir)
-    real = validate_module.MASKS["expect_column_values_to_be_in_set"]
+    real = checks.MASKS["expect_column_values_to_be_in_set"]
 
     def lenient(p, kw):  # a bug that lets one bad category through
         mask = real(p, kw)
         mask[mask.argmax()] = False
         return mask
 
-    monkeypatch.setitem(validate_module.MASKS, "expect_column_values_to_be_in_set", lenient)
+    monkeypatch.setitem(checks.MASKS, "expect_column_values_to_be_in_set", lenient)
     with pytest.raises(ValidationFailed, match=r"row masks and GX disagree on expect_column_values_to_be_in_set\(merchant_category\)"):
         validate(transactions_spec, raw, run_id="r", source="x")
 
@@ -178,9 +180,9 @@ def test_future_bound_is_the_files_first_ingestion_not_the_clock(transactions_sp
 def test_timestamps_with_offsets_or_other_formats_become_utc(transactions_spec):
     import pandas as pd
 
-    from components.data.validate import _parse_times
+    from components.data.checks import parse_times
 
-    parsed = _parse_times(pd.Series(["2026-01-01T02:00:00+02:00", "2026-01-01", "01/02/2026 10:00", "2026-13-45T00:00:00Z", None]))
+    parsed = parse_times(pd.Series(["2026-01-01T02:00:00+02:00", "2026-01-01", "01/02/2026 10:00", "2026-13-45T00:00:00Z", None]))
     assert [str(v) for v in parsed] == ["2026-01-01 00:00:00+00:00", "2026-01-01 00:00:00+00:00",
                                         "2026-01-02 10:00:00+00:00", "NaT", "NaT"]
 
