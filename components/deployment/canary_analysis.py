@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from components.core.bundle import served_version  # noqa: F401  (callers read it from here too)
 from components.deployment.rollout import DeployError, Observation
 
 REQUEST_TIMEOUT = (5, 30)

@@ -3,18 +3,17 @@
 Local profile: the project's KServe runtime (serving/) starts on 127.0.0.1 from a copy of the bundle in
 the state directory. The first version starts on MLWF_SERVE_PORT after a smoke test. A later version, while
 another one serves, goes through the progressive rollout of components/deployment/rollout.py with two servers: the
-canary starts on a second port, traffic replayed from the test period is split between the two by the
-current percent, and the analysis reads the servers' /metrics and what the replaying client saw. Promoted:
-the canary becomes THE server (server.json) and the old one stops. Rolled back: the canary stops, the old
-server never stopped answering. Records on disk (server.json, canary.json) let a rerun after a crash
-find every server it started and converge, resuming a rollout at its last step.
+canary starts on a second port, traffic replayed from the test period (components/deployment/replay.py) is
+split between the two by the current percent, and the analysis reads the servers' /metrics and what the replaying
+client saw. Promoted: the canary becomes THE server (server.json) and the old one stops. Rolled back: the
+canary stops, the old server never stopped answering. Records on disk (server.json, canary.json) let a rerun
+after a crash find every server it started and converge, resuming a rollout at its last step.
 Cluster profile: components/deployment/kserve.py, the same rollout through an InferenceService.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +30,9 @@ import requests
 
 from components.core import bundle as bundle_lib
 from components.core import storage
-from components.core.paths import service_name  # noqa: F401  (callers read it from here too)
+from components.core.paths import service_name
 from components.core.settings import Settings
+from components.deployment.replay import replay_split, scrape_requests
 from components.deployment.rollout import DeployError
 
 if TYPE_CHECKING:
@@ -164,7 +163,7 @@ def _port_free(host: str, port: int) -> bool:
 def _start_server(name: str, model_dir: Path, host: str, port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
     cmd = [sys.executable, "-m", "serving", "--model_name", name, "--model_dir", str(model_dir),
            "--http_port", str(port), "--bind_host", host]
-    project_root = str(Path(__file__).resolve().parent.parent)
+    project_root = str(Path(__file__).resolve().parents[2])  # the repository: components/deployment/local.py
     with open(log_path, "ab") as log_file:
         # A session of its own: the server outlives this step (the demo prints its URL) and stops as a group.
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, cwd=project_root)
@@ -398,160 +397,3 @@ class LocalCanary:
         _stop(self.canary)
         (self.home / CANARY_RECORD).unlink(missing_ok=True)
         self.winner = self.stable
-
-
-def scrape_requests(base_url: str, model: str) -> tuple[float, float] | None:
-    """(answered, failed) from the server's mlwf_inference_requests_total for `model`; None when it has no such counter."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        response = requests.get(f"{base_url}/metrics", timeout=5)
-    except requests.RequestException:
-        return None
-    if response.status_code != 200:
-        return None
-    total = failed = 0.0
-    seen = False
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.name == "mlwf_inference_requests_total" and sample.labels.get("model") == model:
-                seen = True
-                total += sample.value
-                if sample.labels.get("status_class") != "2xx":
-                    failed += sample.value
-    return (total, failed) if seen else None
-
-
-@dataclass
-class _Side:
-    requests: int = 0
-    errors: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    probabilities: list[float] = field(default_factory=list)
-
-    @property
-    def p99_ms(self) -> float | None:
-        import numpy as np
-
-        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else None
-
-    @property
-    def predictions(self) -> Any:
-        import numpy as np
-
-        return np.asarray(self.probabilities, dtype=np.float64)
-
-
-def to_canary(index: int, percent: int) -> bool:
-    """Request `index` goes to the canary: exactly `percent` of every 100 consecutive requests, evenly spread."""
-    return (index + 1) * percent // 100 > index * percent // 100
-
-
-def replay_split(stable_url: str, canary_url: str, rows: list[dict[str, Any]], percent: int, seconds: float,
-                 min_requests: int, offset: int = 0, timeout: float = 5.0, workers: int = 4) -> dict[str, _Side]:
-    """Replay `rows` one per request, `percent` of them to the canary, for `seconds` and until each side that gets
-    traffic has `min_requests`; never longer than seconds + max(10, 3 * seconds)."""
-    sides = {"stable": _Side(), "canary": _Side()}
-    counter = itertools.count(offset)
-    lock = threading.Lock()
-    started = time.monotonic()
-    hard_stop = started + seconds + max(10.0, 3 * seconds)
-    needs = [side for side, share in (("stable", 100 - percent), ("canary", percent)) if share > 0]
-
-    def done() -> bool:
-        now = time.monotonic()
-        if now >= hard_stop:
-            return True
-        return now - started >= seconds and all(sides[s].requests >= min_requests for s in needs)
-
-    def work() -> None:
-        session = requests.Session()
-        while True:
-            with lock:
-                if done():
-                    return
-                index = next(counter)
-            role = "canary" if to_canary(index, percent) else "stable"
-            body = {"instances": [rows[index % len(rows)]]}
-            t0 = time.perf_counter()
-            probability = None
-            try:
-                response = session.post(canary_url if role == "canary" else stable_url, json=body, timeout=timeout)
-                ok = response.status_code == 200
-                if ok:
-                    probability = float(response.json()["predictions"][0]["probability"])
-            except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
-                ok = False
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            with lock:
-                side = sides[role]
-                side.requests += 1
-                side.latencies_ms.append(elapsed_ms)
-                if ok and probability is not None:
-                    side.probabilities.append(probability)
-                else:
-                    side.errors += 1
-
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sides
-
-
-# ---------------------------------------------------------------- a deliberately broken canary (mlwf rollout-demo)
-
-
-def make_broken_bundle(source_dir: str, target_dir: str, kind: str) -> str:
-    """A real, sealed bundle made from `source_dir` that a rollout must reject; returns its directory.
-
-    "errors": the signature renames the first feature (a contract change the traffic does not follow), so real
-    requests get 400 from the server's request validation. "slow": the program does ~5 GFLOP of matrix work per
-    call before scoring (a model far too big for its latency budget), so answers are right but late.
-    """
-    import shutil
-
-    if kind not in ("errors", "slow"):
-        raise ValueError(f"kind must be 'errors' or 'slow', got {kind!r}")
-    bundle_lib.verify(source_dir)
-    target = Path(target_dir)
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source_dir, target)
-    signature = json.loads((target / bundle_lib.SIGNATURE).read_text())
-    signature.setdefault("lineage", {})["model_version"] = f"broken-{kind}"
-    if kind == "errors":
-        feature = signature["features"][0]
-        feature["name"] = f"{feature['name']}_renamed"
-    else:
-        _write_slow_program(target, len([f for f in signature["features"] if f["type"] == "numeric"]),
-                            len([f for f in signature["features"] if f["type"] == "categorical"]))
-    (target / bundle_lib.SIGNATURE).write_text(json.dumps(signature, indent=2, sort_keys=True))
-    bundle_lib.write_manifest(target)
-    return str(target)
-
-
-def _write_slow_program(target: Path, n_numeric: int, n_categorical: int, size: int = 768, rounds: int = 6) -> None:
-    import torch
-
-    from components.training.train import export_program
-
-    inner = torch.export.load(str(target / bundle_lib.PROGRAM)).module()
-
-    class Slow(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
-            self.register_buffer("weight", torch.randn(size, size, generator=torch.Generator().manual_seed(0)) / size**0.5)
-
-        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-            weight: torch.Tensor = self.weight  # type: ignore[assignment]
-            # Tied to the input, or TorchScript's constant folding (serving's traced mode) would precompute it all.
-            x = weight * (1.0 + 0.0 * numeric.mean())
-            for _ in range(rounds):
-                x = torch.tanh(x @ weight)
-            # Real work whose result feeds the output (times zero), so no compiler can drop it.
-            return self.inner(numeric, codes) + 0.0 * x.mean()
-
-    export_program(Slow(), n_numeric, n_categorical, target / bundle_lib.PROGRAM)

@@ -52,7 +52,7 @@ def key_of(path: Path) -> tuple[str, str, str]:
 def rendered_custom_kinds() -> dict[tuple[str, str, str], str]:
     """(group, version, kind) -> where, for every non-core object the overlays and the component builders render."""
     from components.core.settings import get_settings
-    from components.deployment import kserve as kserve_deploy
+    from components.deployment import kserve_resources
     from components.training import trainjob
 
     kinds: dict[tuple[str, str, str], str] = {}
@@ -61,9 +61,9 @@ def rendered_custom_kinds() -> dict[tuple[str, str, str], str]:
             if not mt.is_core(obj):
                 group, version = obj["apiVersion"].split("/", 1)
                 kinds.setdefault((group, version, obj["kind"]), f"manifests/{overlay} {mt.ident(obj)}")
-    isvc = kserve_deploy.build_isvc("m", "mlwf", {})
+    isvc = kserve_resources.build_isvc("m", "mlwf", {})
     job = trainjob.build_trainjob("mlwf-train-x", "mlwf", "img:1", [], nodes=2, gpus_per_node=0, settings=get_settings())
-    for obj, where in ((isvc, "components/kserve_deploy.build_isvc"), (job, "components/trainjob.build_trainjob")):
+    for obj, where in ((isvc, "components/deployment/kserve_resources.build_isvc"), (job, "components/trainjob.build_trainjob")):
         group, version = obj["apiVersion"].split("/", 1)
         kinds.setdefault((group, version, obj["kind"]), where)
     return kinds

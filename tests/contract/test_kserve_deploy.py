@@ -17,9 +17,9 @@ from components.core import bundle as bundle_lib
 from components.core import storage
 from components.core.request_log import RequestLogWriter
 from components.core.settings import get_settings
-from components.deployment import kserve as kserve_deploy
+from components.deployment import kserve_resources
 from components.deployment.kserve import deploy_cluster
-from components.deployment.local import DeployError
+from components.deployment.rollout import DeployError
 from tests.k8s_stub import KubeStub, PrometheusStub
 
 NS, NAME, MODEL = "mlwf", "fraud-model", "Fraud Model"
@@ -448,22 +448,22 @@ def test_without_credentials_the_error_names_both_sources(s3, bundle_dir, monkey
 
 def test_plan_resumes_an_interrupted_canary():
     predictor = {"model": {"storageUri": uri("2")}}
-    assert kserve_deploy.plan(None, uri("2")) == "create"
-    assert kserve_deploy.plan({"spec": {"predictor": predictor}}, uri("2")) == "unchanged"
-    assert kserve_deploy.plan({"spec": {"predictor": {**predictor, "canaryTrafficPercent": 10}}}, uri("2")) == "canary"
-    assert kserve_deploy.plan({"spec": {"predictor": predictor, "canary": [{}]}}, uri("2")) == "canary"
-    assert kserve_deploy.plan({"spec": {"predictor": predictor}}, uri("3")) == "canary"
+    assert kserve_resources.plan(None, uri("2")) == "create"
+    assert kserve_resources.plan({"spec": {"predictor": predictor}}, uri("2")) == "unchanged"
+    assert kserve_resources.plan({"spec": {"predictor": {**predictor, "canaryTrafficPercent": 10}}}, uri("2")) == "canary"
+    assert kserve_resources.plan({"spec": {"predictor": predictor, "canary": [{}]}}, uri("2")) == "canary"
+    assert kserve_resources.plan({"spec": {"predictor": predictor}}, uri("3")) == "canary"
     stable = {"storageUri": uri("1"), "annotations": {}}
     note = {"metadata": {"annotations": {"mlwf.io/stable-predictor": json.dumps(stable)}}}
     # Knative: the percent an interrupted rollout of this storageUri reached, and what served before it.
-    assert kserve_deploy.canary_state("knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("2")) == (stable, 25)
-    assert kserve_deploy.canary_state("knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("3")) == (stable, None)
-    assert kserve_deploy.canary_state("knative", {"spec": {"predictor": predictor}}, uri("3")) == ({"storageUri": uri("2"), "annotations": {}}, None)
+    assert kserve_resources.canary_state("knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("2")) == (stable, 25)
+    assert kserve_resources.canary_state("knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("3")) == (stable, None)
+    assert kserve_resources.canary_state("knative", {"spec": {"predictor": predictor}}, uri("3")) == ({"storageUri": uri("2"), "annotations": {}}, None)
     with pytest.raises(DeployError, match="no mlwf.io/stable-predictor annotation"):
-        kserve_deploy.canary_state("knative", {"spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("2"))
+        kserve_resources.canary_state("knative", {"spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("2"))
     # Standard: spec.predictor stays stable; the canary entry carries the percent.
     standard = {"spec": {"predictor": {"model": {"storageUri": uri("1")}}, "canary": [{"trafficPercent": 50, "predictor": predictor}]}}
-    assert kserve_deploy.canary_state("standard", standard, uri("2")) == (stable, 50)
+    assert kserve_resources.canary_state("standard", standard, uri("2")) == (stable, 50)
 
 
 def test_the_stub_rejects_what_a_strict_api_server_would(cluster):

@@ -19,7 +19,9 @@ import requests
 
 from components.core import bundle as bundle_lib
 from components.core.settings import get_settings
-from components.deployment.local import DeployError, deploy_local, make_broken_bundle, stop_local
+from components.deployment.local import deploy_local, stop_local
+from components.deployment.rollout import DeployError
+from pipelines.demo_bundles import make_broken_bundle
 
 pytestmark = pytest.mark.integration
 MODEL = "Rollout Model"

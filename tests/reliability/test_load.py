@@ -113,7 +113,8 @@ def test_fixed_request_rate_for_a_minute_zero_errors_and_p99_within_budget(tmp_p
     with open(log_path, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        from components.deployment.local import scrape_requests, wait_ready
+        from components.deployment.local import wait_ready
+        from components.deployment.replay import scrape_requests
 
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, MODEL, process, log_path, timeout=120)
@@ -141,8 +142,9 @@ def test_swapping_the_model_under_load_loses_no_request(state_dir, free_port, mo
 
     The client does what a local user of `mlwf` does to follow a promotion: it reads the served URL from the
     deployment record (server.json) before each request."""
+    from components.core.paths import service_name
     from components.core.settings import get_settings
-    from components.deployment.local import deploy_local, service_name, stop_local
+    from components.deployment.local import deploy_local, stop_local
 
     monkeypatch.setenv("MLWF_SERVE_PORT", str(free_port))
     monkeypatch.setenv("MLWF_CANARY_STEPS", "50,100")

@@ -18,9 +18,9 @@ import pytest
 
 from components.core import bundle as bundle_lib
 from components.core import storage
+from components.core.paths import service_name
 from components.core.settings import get_settings
 from components.deployment.kserve import deploy_cluster
-from components.deployment.local import service_name
 from tests.k8s_stub import KubeStub
 from tests.reliability.conftest import synthetic_frame, use_s3
 from tests.reliability.faulty_http import FaultyRelay

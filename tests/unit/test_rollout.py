@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from components.core.bundle import served_version
 from components.core.settings import canary_steps
-from components.deployment.canary_analysis import queries, served_version
-from components.deployment.local import DeployError, to_canary
-from components.deployment.rollout import Observation, RolloutPolicy, analyze, prediction_psi, run_rollout
+from components.deployment.canary_analysis import queries
+from components.deployment.replay import to_canary
+from components.deployment.rollout import DeployError, Observation, RolloutPolicy, analyze, prediction_psi, run_rollout
 
 POLICY = RolloutPolicy(steps=(10, 25, 50, 100), max_failed_analyses=2, step_seconds=0, min_requests=50)
 
