@@ -3,20 +3,27 @@
 Metrics live in prometheus_client's default registry, so KServe's own `/metrics` route exposes them beside
 its latency histograms. They are created on first use (nothing happens at import time) and once per
 process, because a registry refuses a metric name twice.
+
+With several worker processes (`--workers N`) each process keeps its samples in files under
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, chosen when it is first imported) and
+`/metrics` answers with the sum over every process's files (`multiprocess_exposition`): KServe's own
+`/metrics` would show only the worker that happened to answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _LOCK = threading.Lock()
-_METRICS: "Metrics | None" = None
+_METRICS: Metrics | None = None
 
 # Latency buckets from 0.25 ms: the server answers a single row in well under a millisecond.
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -43,8 +50,7 @@ def metrics() -> Metrics:
             _METRICS = Metrics(
                 requests=Counter("mlwf_inference_requests", "Inference requests answered", [*labels, "status_class"]),
                 errors=Counter("mlwf_inference_errors", "Inference requests answered with an error", [*labels, "code"]),
-                latency=Histogram("mlwf_inference_latency_seconds", "Time from request to response", labels,
-                                  buckets=LATENCY_BUCKETS),
+                latency=Histogram("mlwf_inference_latency_seconds", "Time from request to response", labels, buckets=LATENCY_BUCKETS),
                 rows=Counter("mlwf_inference_rows", "Rows scored", ["model", "version"]),
                 lookups=Counter("mlwf_online_lookups", "Entity keys looked up in the online store", ["model", "result"]),
                 request_log_dropped=Counter("mlwf_request_log_dropped_rows", "Request-log rows dropped (queue full)", ["model"]),
@@ -75,6 +81,45 @@ class RequestMetrics:
         self._latency[protocol].observe(seconds)
 
 
+# ---------------------------------------------------------------- several processes
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_metrics() -> str | None:
+    """Point prometheus_client at a multiprocess directory; call before it is imported (`python -m serving`).
+
+    A directory given in PROMETHEUS_MULTIPROC_DIR is emptied of old samples (prometheus_client's rule: a
+    restarted server must not add the last run's counts); otherwise a fresh temporary one is made and
+    returned, for the caller to remove at exit.
+    """
+    given = os.environ.get(MULTIPROC_ENV, "").strip()
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        return None
+    created = tempfile.mkdtemp(prefix="mlwf-metrics-")
+    os.environ[MULTIPROC_ENV] = created
+    return created
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def multiprocess_exposition(accept: str | None) -> tuple[bytes, str]:
+    """Every process's samples, summed (counters, histograms) as prometheus_client's collector does."""
+    from prometheus_client import CollectorRegistry, exposition
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    encoder, content_type = exposition.choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
 # ---------------------------------------------------------------- logs
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName", "color_message"}
@@ -85,7 +130,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from serving.requests import UnknownEntity
 
@@ -46,9 +47,9 @@ class OnlineFeatures:
         with self._lock:
             if self._store is not None:
                 return
-            from components.features.store import open_store
             from components.core.settings import get_settings
             from components.core.spec import load_spec
+            from components.features.store import open_store
 
             try:
                 spec = load_spec(self.dataset)
@@ -56,7 +57,8 @@ class OnlineFeatures:
                 service = store.get_feature_service(self.service_name)
             except Exception as err:
                 raise FeatureStoreUnavailable(
-                    f"cannot open feature service {self.service_name!r} of dataset {self.dataset!r}: {err}") from err
+                    f"cannot open feature service {self.service_name!r} of dataset {self.dataset!r}: {err}"
+                ) from err
             served = {f.name for proj in service.feature_view_projections for f in proj.features}
             absent = [f for f in self.features if f not in served]
             if absent:

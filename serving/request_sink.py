@@ -4,7 +4,10 @@ Small requests (up to `inline_rows` rows, the latency-sensitive traffic) are sam
 lines on the request path itself: orjson and a dict per row cost a few microseconds, far less than
 handing the work to another thread. A Python thread doing that work would hold the GIL in bursts and the
 event loop would wait up to the interpreter's switch interval (5 ms) to get it back: that, not the work,
-was the server's p99. Larger batches are queued and encoded by the background thread in chunks. The
+was the server's p99. Larger batches are queued and encoded by the background thread in chunks, column by
+column (`encode_columns`: one orjson call per column, then the lines joined), the same bytes as the per-row
+`encode` at a third of its cost: per-row encoding of a 1,000-row batch held the GIL for ~1.5 ms, more than
+the request itself took, and made the server's 1,000-row V1 batches slower than stock KServe's. The
 thread also flushes every `flush_interval_s` seconds (file appends and S3 puts release the GIL) so a
 monitor reading the files sees recent traffic; `close()` encodes what is queued and flushes (shutdown).
 More than `max_pending` unflushed rows drop new rows and count them (mlwf_request_log_dropped_rows):
@@ -18,11 +21,14 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime
+from itertools import repeat
+from typing import Any
 
 import numpy as np
+import orjson
 
 from components.core.request_log import RequestLogWriter, encode
 from serving.observability import metrics
@@ -30,8 +36,8 @@ from serving.requests import Batch, rows_for_log
 
 log = logging.getLogger(__name__)
 
-# Rows the background thread encodes before it lets the event loop have the GIL back.
-_CHUNK = 64
+# Rows the background thread encodes (~0.15 ms) before it lets the event loop have the GIL back.
+_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,17 @@ class _Item:
 
 
 class RequestLogSink:
-    def __init__(self, root: str, model: str, features: Sequence[str], numeric: Sequence[str], sample_rate: float = 1.0,
-                 flush_interval_s: float = 2.0, max_pending: int = 100_000, inline_rows: int = 16) -> None:
+    def __init__(
+        self,
+        root: str,
+        model: str,
+        features: Sequence[str],
+        numeric: Sequence[str],
+        sample_rate: float = 1.0,
+        flush_interval_s: float = 2.0,
+        max_pending: int = 100_000,
+        inline_rows: int = 16,
+    ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"request log sample rate must be within [0, 1], got {sample_rate}")
         if flush_interval_s <= 0:
@@ -62,6 +77,7 @@ class RequestLogSink:
         self.writer = RequestLogWriter(root=root, model=model, sample_rate=1.0, flush_every=None)
         self._queued: deque[_Item] = deque()
         self._queued_rows = 0
+        self._blob_rows = 0  # rows appended by the thread as multi-line blocks since the last flush
         self._count_lock = threading.Lock()
         self._max_pending = max_pending
         self._wake = threading.Event()
@@ -85,10 +101,10 @@ class RequestLogSink:
         if self._thread is None:
             return
         n = batch.rows
-        if self.writer.pending + self._queued_rows + n > self._max_pending:
+        if self.writer.pending + self._blob_rows + self._queued_rows + n > self._max_pending:
             self._dropped.inc(n)
             return
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         if n <= self.inline_rows:
             try:
                 lines = self._encode(batch, probabilities, labels, version, request_id, at.isoformat(), self._sample(n))
@@ -117,15 +133,23 @@ class RequestLogSink:
             return list(range(n))
         return [i for i in range(n) if self._rng.random() < self.sample_rate]
 
-    def _encode(self, batch: Batch, probabilities: np.ndarray, labels: np.ndarray, version: str, request_id: str,
-                ts: str, keep: list[int], rows: list[dict[str, Any]] | None = None) -> list[bytes]:
+    def _encode(
+        self,
+        batch: Batch,
+        probabilities: np.ndarray,
+        labels: np.ndarray,
+        version: str,
+        request_id: str,
+        ts: str,
+        keep: list[int],
+        rows: list[dict[str, Any]] | None = None,
+    ) -> list[bytes]:
         if not keep:
             return []
         rows = rows if rows is not None else rows_for_log(batch, self.features, self.numeric)
         entities = batch.entities
         probs, labs = probabilities.tolist(), labels.tolist()
-        return [encode(ts, request_id, self.model, version, rows[i], probs[i], labs[i], entities[i] if entities else None)
-                for i in keep]
+        return [encode(ts, request_id, self.model, version, rows[i], probs[i], labs[i], entities[i] if entities else None) for i in keep]
 
     def _run(self) -> None:
         next_flush = time.monotonic() + self.flush_interval_s
@@ -141,20 +165,31 @@ class RequestLogSink:
             item = self._queued.popleft()
             try:
                 keep = self._sample(item.batch.rows)
-                rows = rows_for_log(item.batch, self.features, self.numeric) if keep else []
+                ts = item.at.isoformat()
                 for start in range(0, len(keep), _CHUNK):
-                    self.writer.append(self._encode(item.batch, item.probabilities, item.labels, item.version,
-                                                    item.request_id, item.at.isoformat(), keep[start:start + _CHUNK], rows),
-                                       item.at)
+                    rows = keep[start : start + _CHUNK]
+                    block = encode_columns(
+                        item.batch,
+                        item.probabilities,
+                        item.labels,
+                        self.features,
+                        self.numeric,
+                        (ts, item.request_id, self.model, item.version),
+                        rows,
+                    )
+                    self.writer.append([block], item.at)  # one block of lines: the writer ends it with a newline
+                    self._blob_rows += len(rows)
                     if yield_gil:
                         time.sleep(0)  # let the event loop run between chunks
             except Exception:  # a bad record must not stop the logger thread
+                self._errors.inc()
                 log.exception("request log: could not record request %s", item.request_id)
             finally:
                 with self._count_lock:
                     self._queued_rows -= item.batch.rows
 
     def _flush(self) -> None:
+        self._blob_rows = 0  # the thread that appends blocks is the one that flushes
         try:
             self.writer.flush()
         except Exception as err:  # e.g. a read-only or unreachable log root: count it, keep serving
@@ -163,3 +198,58 @@ class RequestLogSink:
             if now >= self._next_error_log:  # one line a minute, not one per flush
                 self._next_error_log = now + 60.0
                 log.error("request log: flush to %s failed: %s", self.root, err)
+
+
+def encode_columns(
+    batch: Batch,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    features: Sequence[str],
+    numeric: Sequence[str],
+    head: tuple[str, str, str, str],
+    rows: list[int],
+) -> bytes:
+    """The request-log lines of `rows`, joined by newlines: byte for byte what `encode` writes for each row.
+
+    Every row's line is the same JSON object with other values, so each column is serialised once (orjson
+    writes a float64 array's NaN as null, like `encode`) and split into tokens, and the lines are joined from
+    the tokens. `head` is (ts, request_id, model, version), the same for the whole batch.
+    """
+    ts, request_id, model, version = head
+    if not rows:
+        return b""
+    whole = len(rows) == batch.rows and rows[-1] == batch.rows - 1
+    pick = None if whole else np.asarray(rows)
+    numeric_set = set(numeric)
+    prefix = orjson.dumps({"ts": ts, "request_id": request_id, "model": model, "version": version})[:-1]
+    parts: list[Any] = [repeat(prefix + b',"features":{')]
+    for j, name in enumerate(features):
+        column = batch.columns[name]
+        parts.append(repeat((b"," if j else b"") + orjson.dumps(name) + b":"))
+        if name in numeric_set:
+            values = np.asarray(column, dtype=np.float64)
+            parts.append(_number_tokens(values if pick is None else values[pick]))
+        else:
+            parts.append(_value_tokens(column if pick is None else [column[i] for i in rows]))
+    parts += [
+        repeat(b'},"probability":'),
+        _number_tokens(probabilities if pick is None else probabilities[pick]),
+        repeat(b',"label":'),
+        _number_tokens(labels if pick is None else labels[pick]),
+        repeat(b',"entity":'),
+    ]
+    entities = batch.entities
+    if entities is None:
+        parts.append(repeat(b"null}"))
+    else:
+        parts.append([token + b"}" for token in _value_tokens(entities if pick is None else [entities[i] for i in rows])])
+    return b"\n".join(map(b"".join, zip(*parts)))
+
+
+def _number_tokens(values: np.ndarray) -> list[bytes]:
+    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+
+
+def _value_tokens(values: Sequence[Any]) -> list[bytes]:
+    distinct = {v: orjson.dumps(v) for v in set(values)}
+    return list(map(distinct.__getitem__, values))

@@ -11,9 +11,11 @@ anything else falls back to a row-by-row walk whose only job is to name the firs
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +26,7 @@ SMALL_COLUMN = 16  # up to this many rows a numeric column stays a list
 _NUMBER_TYPES = frozenset({int, float})
 _NULLABLE_NUMBER_TYPES = frozenset({int, float, type(None)})
 _CATEGORY_TYPES = frozenset({str, type(None)})
-_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})
+_TEXT_TYPES = frozenset({str, bytes, type(None)})
 
 
 class RequestError(ValueError):
@@ -66,23 +68,23 @@ class Batch:
     lookup_rows: list[int] = field(default_factory=list)  # rows whose features come from the online store
     request_id: str | None = None
     outputs: tuple[str, ...] = OUTPUTS
+    binary_outputs: frozenset[str] = frozenset()  # outputs to return as raw binary data (V2 REST)
 
 
 # ---------------------------------------------------------------- values
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
 def _bad_number(feature: str, value: Any, row: int) -> RequestError:
     if isinstance(value, float) and not math.isfinite(value):
         return RequestError(f"feature {feature!r} (row {row}) must be finite, got {value}")
-    return RequestError(f"feature {feature!r} (row {row}) must be a number or null, got {_type_name(value)} {value!r:.40}")
+    return RequestError(f"feature {feature!r} (row {row}) must be a number or null, got {type_name(value)} {value!r:.40}")
 
 
-def numeric_column(feature: str, values: Sequence[Any], rows: Sequence[int] | None = None,
-                   kinds: set[type] | None = None) -> Any:
+def numeric_column(feature: str, values: Sequence[Any], rows: Sequence[int] | None = None, kinds: set[type] | None = None) -> Any:
     """A float column (NaN = null); refuses strings, booleans, nested values and non-finite numbers.
 
     Short columns stay Python lists of floats (numpy's per-call overhead dominates a single row), longer
@@ -121,13 +123,21 @@ def numeric_column(feature: str, values: Sequence[Any], rows: Sequence[int] | No
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
-def categorical_column(feature: str, values: Sequence[Any], rows: Sequence[int] | None = None,
-                       kinds: set[type] | None = None) -> list[str | None]:
+def categorical_column(
+    feature: str, values: Sequence[Any], rows: Sequence[int] | None = None, kinds: set[type] | None = None
+) -> list[str | None]:
     """Strings (integers are accepted as their text) or null; anything else is refused."""
     if kinds is None:
         kinds = set(map(type, values))
     if kinds <= _CATEGORY_TYPES:
         return list(values)
+    if kinds <= _TEXT_TYPES:  # BYTES tensors (binary REST, gRPC): decode each distinct value once
+        try:
+            text = {v: v.decode("utf-8") for v in set(values) if type(v) is bytes}
+        except UnicodeDecodeError:
+            pass  # the walk below names the row
+        else:
+            return [text[v] if type(v) is bytes else v for v in values]
     out: list[str | None] = []
     for i, value in enumerate(values):
         if value is None or type(value) is str:
@@ -138,7 +148,7 @@ def categorical_column(feature: str, values: Sequence[Any], rows: Sequence[int] 
             out.append(_decode(feature, value, rows[i] if rows is not None else i))
         else:
             row = rows[i] if rows is not None else i
-            raise RequestError(f"feature {feature!r} (row {row}) must be a string or null, got {_type_name(value)}")
+            raise RequestError(f"feature {feature!r} (row {row}) must be a string or null, got {type_name(value)}")
     return out
 
 
@@ -149,11 +159,25 @@ def _decode(name: str, value: bytes, row: int) -> str:
         raise RequestError(f"{name!r} (row {row}) is not valid UTF-8") from err
 
 
+def numeric_array(feature: str, values: np.ndarray) -> np.ndarray:
+    """A numeric tensor that arrived as an array (binary REST, gRPC contents): float64, NaN a missing value.
+
+    Those encodings have no null, so NaN is how a client says "missing" (the program imputes it); infinities
+    are refused as in JSON.
+    """
+    column = values.astype(np.float64)  # a copy: entity lookups may write into the batch's columns
+    infinite = np.isinf(column)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise RequestError(f"feature {feature!r} (row {row}) must be finite, got {column[row]}")
+    return column
+
+
 def entity_key(name: str, value: Any, row: int) -> str:
     if type(value) is bytes:
         value = _decode(name, value, row)
     if type(value) is not str or not value:
-        raise RequestError(f"entity key {name!r} (row {row}) must be a non-empty string, got {_type_name(value)} {value!r:.40}")
+        raise RequestError(f"entity key {name!r} (row {row}) must be a non-empty string, got {type_name(value)} {value!r:.40}")
     return value
 
 
@@ -163,7 +187,7 @@ def entity_key(name: str, value: Any, row: int) -> str:
 def parse_v1(body: Any, schema: Schema) -> Batch:
     """V1: {"instances": [row, ...]}; a row is {feature: value}, a list in signature order, or {entity: key}."""
     if not isinstance(body, dict):
-        raise RequestError(f"the request body must be a JSON object like {{\"instances\": [...]}}, got {_type_name(body)}")
+        raise RequestError(f'the request body must be a JSON object like {{"instances": [...]}}, got {type_name(body)}')
     if "instances" not in body:
         keys = sorted(body)[:5]
         raise RequestError(f"missing 'instances': a V1 request is {{\"instances\": [row, ...]}} (got keys {keys})")
@@ -176,9 +200,9 @@ def columns_from_rows(instances: Any, schema: Schema) -> Batch:
     names = schema.names
     first = instances[0]
     if type(first) is dict:
-        keys = first.keys()
-        if all(type(r) is dict and r.keys() == keys for r in instances):
-            batch = _homogeneous_objects(instances, set(keys), schema)
+        # Every row an object with as many keys as the first; a row with other keys fails a lookup below.
+        if set(map(type, instances)) == {dict} and sum(map(len, instances)) == len(first) * len(instances):
+            batch = _homogeneous_objects(instances, set(first), schema)
             if batch is not None:
                 return batch
     elif type(first) is list and all(type(r) is list and len(r) == len(names) for r in instances):
@@ -190,15 +214,23 @@ def columns_from_rows(instances: Any, schema: Schema) -> Batch:
 def _homogeneous_objects(instances: list[dict[str, Any]], keys: set[str], schema: Schema) -> Batch | None:
     names = schema.names
     n = len(instances)
-    if keys == set(names):
-        return Batch(columns=_typed({k: [r[k] for r in instances] for k in names}, schema), rows=n)
-    if schema.entity is not None and keys == {schema.entity}:
-        entities = [entity_key(schema.entity, r[schema.entity], i) for i, r in enumerate(instances)]
-        return Batch(columns=_placeholder(schema, n), rows=n, entities=entities, lookup_rows=list(range(n)))
-    if schema.entity is not None and keys == {*names, schema.entity}:
-        entities = [entity_key(schema.entity, r[schema.entity], i) for i, r in enumerate(instances)]
-        return Batch(columns=_typed({k: [r[k] for r in instances] for k in names}, schema), rows=n, entities=entities)
+    entity = schema.entity
+    try:
+        if keys == schema.name_set:
+            return Batch(columns=_typed(_gather(instances, names), schema), rows=n)
+        if entity is not None and keys == {entity}:
+            entities = [entity_key(entity, r[entity], i) for i, r in enumerate(instances)]
+            return Batch(columns=_placeholder(schema, n), rows=n, entities=entities, lookup_rows=list(range(n)))
+        if entity is not None and keys == {*names, entity}:
+            entities = [entity_key(entity, r[entity], i) for i, r in enumerate(instances)]
+            return Batch(columns=_typed(_gather(instances, names), schema), rows=n, entities=entities)
+    except KeyError:
+        pass  # a row whose keys differ from the first row's
     return None  # the slow path names the mismatch
+
+
+def _gather(instances: list[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
+    return {k: list(map(itemgetter(k), instances)) for k in names}
 
 
 def _rows_one_by_one(instances: list[Any], schema: Schema) -> Batch:
@@ -213,11 +245,13 @@ def _rows_one_by_one(instances: list[Any], schema: Schema) -> Batch:
                 raise RequestError(f"row {i} has {len(row)} values; the model takes {len(names)} in this order: {list(names)}")
             row = dict(zip(names, row))
         if not isinstance(row, dict):
-            raise RequestError(f"row {i} must be an object of feature values or a list in signature order, got {_type_name(row)}")
+            raise RequestError(f"row {i} must be an object of feature values or a list in signature order, got {type_name(row)}")
         unknown = sorted(set(row) - allowed)
         if unknown:
-            raise RequestError(f"row {i} has unknown feature(s) {unknown}; the model takes {list(names)}"
-                               + (f" or the entity key {schema.entity!r}" if schema.entity else ""))
+            raise RequestError(
+                f"row {i} has unknown feature(s) {unknown}; the model takes {list(names)}"
+                + (f" or the entity key {schema.entity!r}" if schema.entity else "")
+            )
         key = entity_key(schema.entity, row[schema.entity], i) if schema.entity and schema.entity in row else None
         entities.append(key)
         given = [n for n in names if n in row]
@@ -268,49 +302,6 @@ def _scatter(columns: dict[str, Any], rows: Sequence[int], n: int, schema: Schem
 # ---------------------------------------------------------------- V2
 
 
-def parse_v2(body: Any, schema: Schema) -> Batch:
-    """V2 (Open Inference Protocol) JSON: {"id"?, "inputs": [{name, shape, datatype, data}], "outputs"?}."""
-    if not isinstance(body, dict):
-        raise RequestError(f"the request body must be a JSON object with 'inputs', got {_type_name(body)}")
-    request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise RequestError(f"'id' must be a string, got {_type_name(request_id)}")
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise RequestError("'inputs' must be a non-empty list of tensors {name, shape, datatype, data}")
-    for i, tensor in enumerate(inputs):
-        if (type(tensor) is not dict or not tensor.keys() >= _TENSOR_KEYS or type(tensor["name"]) is not str
-                or type(tensor["datatype"]) is not str or type(tensor["data"]) is not list):
-            _explain_bad_tensor(i, tensor)
-    batch = columns_from_v2_inputs(inputs, schema)
-    batch.request_id = request_id
-    batch.outputs = _requested_outputs(body.get("outputs"))
-    return batch
-
-
-def _explain_bad_tensor(i: int, tensor: Any) -> None:
-    if not isinstance(tensor, dict):
-        raise RequestError(f"inputs[{i}] must be an object {{name, shape, datatype, data}}, got {_type_name(tensor)}")
-    for key in ("name", "shape", "datatype", "data"):
-        if key not in tensor:
-            raise RequestError(f"inputs[{i}] has no {key!r}")
-    if not isinstance(tensor["name"], str) or not isinstance(tensor["datatype"], str):
-        raise RequestError(f"inputs[{i}]: 'name' and 'datatype' must be strings")
-    raise RequestError(f"input {tensor['name']!r}: 'data' must be a list, got {_type_name(tensor['data'])}")
-
-
-def _requested_outputs(outputs: Any) -> tuple[str, ...]:
-    if outputs is None:
-        return OUTPUTS
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
-        raise RequestError("'outputs' must be a list of objects with a 'name'")
-    names = tuple(o["name"] for o in outputs)
-    unknown = sorted(set(names) - set(OUTPUTS))
-    if unknown:
-        raise RequestError(f"unknown output(s) {unknown}; the model returns {list(OUTPUTS)}")
-    return names or OUTPUTS
-
-
 def _shape(name: str, shape: Any) -> list[int]:
     if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
         raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r:.60}")
@@ -320,13 +311,17 @@ def _shape(name: str, shape: Any) -> list[int]:
     return shape
 
 
-def _flat(name: str, shape: Any, data: Any) -> tuple[list[Any], set[type]]:
-    """The tensor's values as a flat list (one per row), and the set of their Python types."""
+def _flat(name: str, shape: Any, data: Any) -> tuple[Any, set[type]]:
+    """The tensor's values flat (one per row): a list and the set of its Python types, or a numeric array."""
     if type(shape) is list and len(shape) == 1 and type(shape[0]) is int and shape[0] >= 0:
         dims = shape  # the common case, checked without the general walk
     else:
         dims = _shape(name, shape)
     if isinstance(data, np.ndarray):
+        if data.dtype.kind in "biuf":  # numbers stay an array: no per-value Python objects
+            if data.size != dims[0]:
+                raise RequestError(f"input {name!r} declares shape {dims} but has {data.size} values")
+            return data.reshape(-1), {np.ndarray}
         data = data.reshape(-1).tolist()
     elif type(data) is not list:
         data = list(data)
@@ -359,8 +354,10 @@ def columns_from_v2_inputs(inputs: Sequence[Mapping[str, Any]], schema: Schema) 
         allowed = schema.name_set | ({schema.entity} if schema.entity else set())
         unknown = sorted(set(by_name) - allowed)
         if unknown:
-            raise RequestError(f"unknown input(s) {unknown}; the model takes one input per feature: {list(names)}"
-                               + (f", or only the entity key {schema.entity!r}" if schema.entity else ""))
+            raise RequestError(
+                f"unknown input(s) {unknown}; the model takes one input per feature: {list(names)}"
+                + (f", or only the entity key {schema.entity!r}" if schema.entity else "")
+            )
         entity_only = schema.entity is not None and set(by_name) == {schema.entity}
         missing = [] if entity_only else [n for n in names if n not in by_name]
         if missing:
@@ -380,9 +377,12 @@ def columns_from_v2_inputs(inputs: Sequence[Mapping[str, Any]], schema: Schema) 
         elif datatype not in NUMERIC_V2:
             raise RequestError(f"input {name!r} must be a number type (FP32, FP64, INT64...), got {datatype}")
         flat, kinds = _flat(name, tensor["shape"], tensor["data"])
-        if datatype in INTEGER_V2 and not kinds <= {int, type(None)}:
+        if isinstance(flat, np.ndarray):
+            if textual or flat.dtype.kind == "b" or (datatype in INTEGER_V2 and flat.dtype.kind == "f"):
+                raise RequestError(f"input {name!r} is {datatype} but holds {flat.dtype} values")
+        elif datatype in INTEGER_V2 and not kinds <= {int, type(None)}:
             bad = next(v for v in flat if type(v) not in (int, type(None)))
-            raise RequestError(f"input {name!r} is {datatype} but holds {_type_name(bad)} {bad!r:.40}")
+            raise RequestError(f"input {name!r} is {datatype} but holds {type_name(bad)} {bad!r:.40}")
         if length is None:
             length = len(flat)
         elif len(flat) != length:
@@ -391,6 +391,8 @@ def columns_from_v2_inputs(inputs: Sequence[Mapping[str, Any]], schema: Schema) 
             entities = [entity_key(name, v, i) for i, v in enumerate(flat)]
         elif textual:
             columns[name] = categorical_column(name, flat, kinds=kinds)
+        elif isinstance(flat, np.ndarray):
+            columns[name] = numeric_array(name, flat)
         else:
             columns[name] = numeric_column(name, flat, kinds=kinds)
     if not length:
@@ -398,16 +400,6 @@ def columns_from_v2_inputs(inputs: Sequence[Mapping[str, Any]], schema: Schema) 
     if entity_only:
         return Batch(columns=_placeholder(schema, length), rows=length, entities=entities, lookup_rows=list(range(length)))
     return Batch(columns=columns, rows=length, entities=entities)
-
-
-def v2_input_types(numeric: Sequence[str], categorical: Sequence[str]) -> list[dict[str, Any]]:
-    return [{"name": n, "datatype": "FP64", "shape": [-1]} for n in numeric] + [
-        {"name": c, "datatype": "BYTES", "shape": [-1]} for c in categorical
-    ]
-
-
-def v2_output_types() -> list[dict[str, Any]]:
-    return [{"name": "probability", "datatype": "FP64", "shape": [-1]}, {"name": "label", "datatype": "INT64", "shape": [-1]}]
 
 
 def rows_for_log(batch: Batch, names: Sequence[str], numeric_names: Sequence[str]) -> list[dict[str, Any]]:

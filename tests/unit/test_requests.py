@@ -10,9 +10,9 @@ from serving.requests import (
     columns_from_v2_inputs,
     fill_lookups,
     parse_v1,
-    parse_v2,
     rows_for_log,
 )
+from serving.v2 import parse_v2
 
 NUM, CAT = ("amount", "hour"), ("channel",)
 SCHEMA = Schema(NUM, CAT)
@@ -60,7 +60,9 @@ def test_v1_malformed_rows_name_the_problem(instances, message):
         columns_from_rows(instances, SCHEMA)
 
 
-@pytest.mark.parametrize("body, message", [([1], "JSON object"), ({"rows": []}, "missing 'instances'"), ({"instances": {}}, "non-empty list")])
+@pytest.mark.parametrize(
+    "body, message", [([1], "JSON object"), ({"rows": []}, "missing 'instances'"), ({"instances": {}}, "non-empty list")]
+)
 def test_v1_body_shape(body, message):
     with pytest.raises(RequestError, match=message):
         parse_v1(body, SCHEMA)
@@ -87,11 +89,19 @@ def tensor(name, shape, datatype, data):
 
 
 def test_v2_one_tensor_per_feature():
-    batch = columns_from_v2_inputs([tensor("amount", [2], "FP64", [1, 2]), tensor("hour", [2, 1], "INT64", [[3], [4]]),
-                                    tensor("channel", [2], "BYTES", ["pos", b"atm"])], SCHEMA)
+    batch = columns_from_v2_inputs(
+        [
+            tensor("amount", [2], "FP64", [1, 2]),
+            tensor("hour", [2, 1], "INT64", [[3], [4]]),
+            tensor("channel", [2], "BYTES", ["pos", b"atm"]),
+        ],
+        SCHEMA,
+    )
     assert plain(batch.columns) == {"amount": [1.0, 2.0], "hour": [3.0, 4.0], "channel": ["pos", "atm"]}
-    flat = columns_from_v2_inputs([tensor("amount", [2, 1], "FP32", [1.5, None]), tensor("hour", [2], "FP64", [0, 1]),
-                                   tensor("channel", [2], "BYTES", ["a", None])], SCHEMA)
+    flat = columns_from_v2_inputs(
+        [tensor("amount", [2, 1], "FP32", [1.5, None]), tensor("hour", [2], "FP64", [0, 1]), tensor("channel", [2], "BYTES", ["a", None])],
+        SCHEMA,
+    )
     assert plain(flat.columns)["amount"] == [1.5, None]
 
 
@@ -154,9 +164,14 @@ def test_v2_outputs_and_id_are_kept():
 
 def test_large_v2_columns_are_arrays_with_nan_for_null():
     n = 300
-    batch = columns_from_v2_inputs([tensor("amount", [n], "FP64", [float(i) for i in range(n)]),
-                                    tensor("hour", [n], "FP64", [None if i % 2 else 1 for i in range(n)]),
-                                    tensor("channel", [n], "BYTES", ["pos"] * n)], SCHEMA)
+    batch = columns_from_v2_inputs(
+        [
+            tensor("amount", [n], "FP64", [float(i) for i in range(n)]),
+            tensor("hour", [n], "FP64", [None if i % 2 else 1 for i in range(n)]),
+            tensor("channel", [n], "BYTES", ["pos"] * n),
+        ],
+        SCHEMA,
+    )
     assert isinstance(batch.columns["amount"], np.ndarray) and np.isnan(batch.columns["hour"][1])
     rows = rows_for_log(batch, [*NUM, *CAT], NUM)
     assert rows[1] == {"amount": 1.0, "hour": None, "channel": "pos"}  # JSON has no NaN: null in the log
