@@ -119,7 +119,8 @@ def drift_op(model_name: str, window_hours: float, psi_warn: float, psi_alert: f
     """
     from components.core.logs import setup_logging
     from components.monitoring.drift import Thresholds
-    from components.monitoring.monitor import MonitorConfig, drift_step
+    from components.monitoring.records import MonitorConfig
+    from components.monitoring.step import drift_step
 
     setup_logging()
     thresholds = Thresholds(psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha, ks_min_d=ks_min_d,
@@ -132,9 +133,15 @@ def drift_op(model_name: str, window_hours: float, psi_warn: float, psi_alert: f
 @_component
 def retrain_op(cooldown_hours: float, drift: Input[Artifact], training_arguments: str, kfp_host: str, kfp_namespace: str,
                training_package: str, decision: Output[Markdown]) -> str:
-    """Start the training pipeline unless a retraining started within the cooldown; returns the action taken."""
+    """Start the training pipeline unless a retraining started within the cooldown; returns the action taken.
+
+    The trigger is built here and handed to the step: the monitor never imports the pipelines it starts.
+    """
     from components.core.logs import setup_logging
-    from components.monitoring.monitor import retrain_step
+    from components.core.settings import get_settings
+    from components.monitoring.step import retrain_step
+    from pipelines.trigger import kfp_trigger, local_trigger
 
     setup_logging()
-    return retrain_step(cooldown_hours, drift, training_arguments, kfp_host, kfp_namespace, training_package, decision)
+    trigger = local_trigger if get_settings().is_local else kfp_trigger(kfp_host, kfp_namespace, training_package)
+    return retrain_step(cooldown_hours, drift, training_arguments, decision, trigger)

@@ -15,7 +15,8 @@ from components.core import tracking
 from components.core.request_log import RequestLogWriter
 from components.core.settings import get_settings
 from components.data.datagen import GenConfig, generate
-from components.monitoring.monitor import MonitorConfig, read_cooldown, run_monitor
+from components.monitoring.monitor import read_cooldown, run_monitor
+from components.monitoring.records import MonitorConfig
 from components.training.train import TrainParams, build_bundle, train_model
 
 pytestmark = pytest.mark.integration
@@ -111,7 +112,7 @@ def test_drift_triggers_retraining_exactly_once_within_the_cooldown(tmp_path, st
 
 
 def test_an_empty_window_and_a_missing_champion_are_clear(state_dir, champion, tmp_path):
-    from components.monitoring.monitor import MonitorError
+    from components.monitoring.records import MonitorError
 
     settings = get_settings()
     result = run_monitor(MonitorConfig(MODEL, window_hours=1), settings, None, {})

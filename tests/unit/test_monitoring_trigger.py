@@ -1,6 +1,6 @@
 """The retraining trigger names the inner failure, not the last line a failed child happened to print."""
 
-from components.monitoring.monitor import _error_line
+from pipelines.trigger import error_line
 
 KFP_LOCAL_OUTPUT = """
 23:27:50.112 - INFO - Executing task 'deploy-op'
@@ -15,10 +15,10 @@ KFP_LOCAL_OUTPUT = """
 
 
 def test_the_innermost_exception_is_the_message():
-    assert _error_line(KFP_LOCAL_OUTPUT) == (
+    assert error_line(KFP_LOCAL_OUTPUT) == (
         "components.deployment.local.DeployError: canary v2 of m (stable v1) rolled back: [10%] prediction_psi fail: PSI 3.1")
 
 
 def test_without_an_exception_the_last_meaningful_line_and_never_a_separator():
-    assert _error_line("starting\nout of memory\n-----------\n\n") == "out of memory"
-    assert _error_line("") == "no output"
+    assert error_line("starting\nout of memory\n-----------\n\n") == "out of memory"
+    assert error_line("") == "no output"
