@@ -96,7 +96,9 @@ def cmd_drift_demo(args: argparse.Namespace) -> int:
             answers.extend(response.json()["predictions"])
     print(f"  {replay} rows scored in {time.perf_counter() - clock:.1f}s over HTTP")
 
-    root = str(Path(settings.state_dir) / "request_logs")
+    from components.core import paths
+
+    root = paths.request_log_root(settings.state_dir)
     logged = 0
     deadline = time.monotonic() + 10  # the server's log sink flushes every few seconds
     while time.monotonic() < deadline:

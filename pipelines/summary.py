@@ -184,7 +184,9 @@ def run_summary(run: Any) -> str:
     if run.steps:
         lines.append(f"{'Step logs:':<20} {run.logs_dir}/ ({', '.join(s.log.name for s in run.steps)})")
     # Copies with an .html name, so a browser opens them; the artifacts stay where Kubeflow put them.
-    reports = Path(settings.state_dir) / "reports"
+    from components.core import paths
+
+    reports = Path(paths.reports_dir(settings.state_dir))
     for task, artifact, label, name in (("validate-op", "report", "Validation report", "validation.html"),
                                         ("evaluate-op", "report", "Evaluation report", "evaluation.html")):
         if run.ran(task) and run.artifact(task, artifact).exists():

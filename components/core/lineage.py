@@ -23,6 +23,7 @@ import json
 from typing import Any
 
 from components.core import storage
+from components.core.paths import latest_path, manifest_path, validation_path
 
 MANIFEST_FORMAT = "mlwf-ingest-manifest/1"
 
@@ -35,22 +36,6 @@ def dataset_fingerprint(files: list[tuple[str, str]], suite_version: str, code_v
     """sha256 over the (uri, sha256) of every input file, the suite version and the code version."""
     payload = {"files": sorted(files), "suite_version": suite_version, "code_version": code_version}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def ingest_dir(state_dir: str, dataset: str) -> str:
-    return storage.join(state_dir, "ingest", dataset)
-
-
-def manifest_path(state_dir: str, dataset: str, fingerprint: str) -> str:
-    return storage.join(ingest_dir(state_dir, dataset), "manifests", f"{fingerprint}.json")
-
-
-def latest_path(state_dir: str, dataset: str) -> str:
-    return storage.join(ingest_dir(state_dir, dataset), "latest.json")
-
-
-def validation_path(state_dir: str, dataset: str, fingerprint: str) -> str:
-    return storage.join(state_dir, "validate", dataset, f"{fingerprint}.json")
 
 
 def read_json(path: str) -> dict[str, Any]:

@@ -226,7 +226,7 @@ def bundled_spec_path(name: str) -> Path:
 
 def spec_uri(ref: str) -> str:
     """Where a spec reference points: a local path or s3:// URI as given, or a bundled spec's file.
-    The validation suite lives beside it (components/data/validate.py `suite_path`)."""
+    The validation suite lives beside it (components/data/suite.py `suite_path`)."""
     if not (storage.is_s3(ref) or ref.endswith((".yaml", ".yml")) or "/" in ref):
         return str(bundled_spec_path(ref))
     return ref

@@ -26,12 +26,11 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from components.core import lineage, storage
+from components.core import lineage, paths, storage
 from components.core.spec import EVENT_TIMESTAMP, GENERATED_ENTITY, SOURCE_LINE, DatasetSpec, did_you_mean
+from components.data.suite import INGESTED_AT, SOURCE_FILE
 
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
-SOURCE_FILE = "source_file"
-INGESTED_AT = "ingested_at"
 
 
 class IngestError(ValueError):
@@ -114,7 +113,7 @@ def _list_s3(source: str) -> list[SourceFile]:
 
 
 def _cache_path(state_dir: str, dataset: str) -> str:
-    return storage.join(lineage.ingest_dir(state_dir, dataset), "fingerprints.json")
+    return storage.join(paths.ingest_dir(state_dir, dataset), "fingerprints.json")
 
 
 def _load_cache(state_dir: str, dataset: str) -> dict[str, dict[str, Any]]:
@@ -258,7 +257,7 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, is_parquet: bool) -> pd.DataF
 def _snapshot_path(state_dir: str, spec: DatasetSpec, sha: str) -> str:
     from components.data.suite import spec_fingerprint
 
-    return storage.join(lineage.ingest_dir(state_dir, spec.name), "snapshots", f"{sha}-{spec_fingerprint(spec)[:16]}.parquet")
+    return storage.join(paths.ingest_dir(state_dir, spec.name), "snapshots", f"{sha}-{spec_fingerprint(spec)[:16]}.parquet")
 
 
 def _first_seen(state_dir: str, fingerprint: str, run_id: str) -> tuple[str, str]:
@@ -267,7 +266,7 @@ def _first_seen(state_dir: str, fingerprint: str, run_id: str) -> tuple[str, str
     The stand-in event time when the data has none, and the bound for "timestamps in the future":
     kept in the state store so that a rerun on the same file gives the same values (idempotency).
     """
-    path = storage.join(state_dir, "ingest", "first_seen", f"{fingerprint}.json")
+    path = paths.first_seen_path(state_dir, fingerprint)
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     record = lineage.write_once(path, {"ingested_at": now, "run_id": run_id})
     return str(record["ingested_at"]), str(record.get("run_id", "unknown"))
@@ -345,12 +344,12 @@ def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str, run_id
     from components.data.suite import spec_fingerprint
 
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    lineage.write_once(lineage.manifest_path(state_dir, spec.name, fingerprint), {
+    lineage.write_once(paths.manifest_path(state_dir, spec.name, fingerprint), {
         "format": lineage.MANIFEST_FORMAT, "dataset": spec.name, "dataset_fingerprint": fingerprint, "source": source,
         "rows": len(out), "files": records, "suite_version": suite_version, "spec_sha256": spec_fingerprint(spec),
         "code_version": code, "run_id": run_id, "created_at": now, "duplicate_files": duplicates,
     })
-    lineage.write_json(lineage.latest_path(state_dir, spec.name), {"dataset_fingerprint": fingerprint, "run_id": run_id, "at": now})
+    lineage.write_json(paths.latest_path(state_dir, spec.name), {"dataset_fingerprint": fingerprint, "run_id": run_id, "at": now})
     cache.update({r["uri"]: {"size": r["size"], "stamp": f.stamp, "sha256": r["sha256"], "rows": r["rows"]}
                   for (f, _), r in zip(chosen, records)})
     lineage.write_json(_cache_path(state_dir, spec.name), cache)

@@ -47,7 +47,7 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
 
     import pandas as pd
 
-    from components.core import lineage, storage
+    from components.core import lineage, paths, storage
     from components.core.settings import get_settings
     from components.core.spec import load_spec
     from components.data.report import report_html
@@ -65,7 +65,7 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
     manifest = lineage.manifest(state, spec.name, fingerprint)
     # The run that first validated each file under this suite is written on its quarantined rows, so a
     # rerun on the same input writes byte-identical records.
-    run_ids = {f["uri"]: str(lineage.write_once(storage.join(state, "validate", spec.name, "first_runs", suite.version, f"{f['sha256']}.json"),
+    run_ids = {f["uri"]: str(lineage.write_once(paths.first_validation_run_path(state, spec.name, suite.version, f["sha256"]),
                                                 {"run_id": run_id})["run_id"]) for f in manifest["files"]}
     outcome = validate(spec, frame, run_id=run_id, source=source, suite=suite, run_ids=run_ids)
     record = {
@@ -77,12 +77,12 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
     quarantined = storage.to_parquet_bytes(outcome.quarantined, {"mlwf.lineage": json.dumps(record, sort_keys=True)})
     # The quarantine store outlives the run: keyed by the dataset version, so a rerun rewrites the same
     # bytes and never duplicates; a new input file makes a new version.
-    store_path = storage.join(state, "quarantine", spec.name, f"{fingerprint[:16]}.parquet")
+    store_path = paths.quarantine_path(state, spec.name, fingerprint)
     storage.write_bytes(store_path, quarantined)
     storage.write_bytes(quarantine.path, quarantined)
     storage.write_bytes(valid.path, valid_bytes)
     storage.write_bytes(report.path, report_html(spec, outcome, source, {**record, "run_id": run_id, "quarantine_store": store_path}).encode())
-    lineage.write_once(lineage.validation_path(state, spec.name, fingerprint), {
+    lineage.write_once(paths.validation_path(state, spec.name, fingerprint), {
         **{k: v for k, v in record.items() if k != "files"}, "rows": outcome.rows, "valid": outcome.valid_table.num_rows,
         "quarantined": len(outcome.quarantined), "failures": outcome.failures, "quarantine_store": store_path,
         "valid_sha256": hashlib.sha256(valid_bytes).hexdigest(), "run_id": run_id,

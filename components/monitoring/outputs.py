@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from components.core import storage
+from components.core import paths, storage
 from components.core.report_style import Html, banner, esc, join, page, table, tag
 from components.core.settings import Settings
 from components.monitoring.records import Analysis, Decision, MonitorError
@@ -78,7 +78,7 @@ def prometheus_text(analysis: Analysis, decision: Decision | None, now: datetime
 def write_prometheus(settings: Settings, analysis: Analysis, decision: Decision | None, now: datetime, pushgateway_url: str = "") -> str:
     """Write the gauges where a textfile collector reads them; also push them when a Pushgateway is given."""
     text = prometheus_text(analysis, decision, now)
-    path = storage.join(settings.state_dir, "monitoring", "metrics", f"mlwf_drift_{analysis.service}.prom")
+    path = paths.drift_gauges_path(settings.state_dir, analysis.service)
     storage.write_bytes(path, text.encode())
     if pushgateway_url:
         import requests
