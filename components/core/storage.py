@@ -31,7 +31,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def s3_client():  # type: ignore[no-untyped-def]
+def s3_client() -> Any:
     """A boto3 client; AWS_ENDPOINT_URL points it at MinIO or a local moto server."""
     import boto3
     from botocore.config import Config

@@ -92,7 +92,8 @@ def double_values(column: pd.Series) -> tuple[list[bytes], list[str | None]]:
 
 def string_values(column: pd.Series) -> tuple[list[bytes], list[str | None]]:
     cache: dict[Any, bytes] = {}
-    values, texts = [], []
+    values: list[bytes] = []
+    texts: list[str | None] = []
     for v in column.tolist():
         if v is None or (isinstance(v, float) and np.isnan(v)):
             values.append(b"")

@@ -89,7 +89,7 @@ def repo_config(spec: DatasetSpec, settings: Settings) -> Any:
     if settings.feast_registry.startswith(("postgresql", "mysql", "sqlite:")):
         from feast.infra.registry.sql import SqlRegistryConfig
 
-        registry = SqlRegistryConfig(registry_type="sql", path=settings.feast_registry, cache_ttl_seconds=0)
+        registry: Any = SqlRegistryConfig(registry_type="sql", path=settings.feast_registry, cache_ttl_seconds=0)
     else:
         _ensure_parent(settings.feast_registry)
         registry = RegistryConfig(registry_type="file", path=settings.feast_registry, cache_ttl_seconds=0)
