@@ -43,7 +43,7 @@ INLINE_ROWS = 256  # the size warm-up times, and the least that is always scored
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """How the server behaves beyond KServe's flags (see serving/__main__.py for the command line)."""
+    """How the server behaves beyond KServe's flags (see serving/cli.py for the command line)."""
 
     request_log_root: str | None = None  # None: no request logging
     request_log_sample_rate: float = 1.0

@@ -4,24 +4,28 @@ Small requests (up to `inline_rows` rows, the latency-sensitive traffic) are sam
 lines on the request path itself: orjson and a dict per row cost a few microseconds, far less than
 handing the work to another thread. A Python thread doing that work would hold the GIL in bursts and the
 event loop would wait up to the interpreter's switch interval (5 ms) to get it back: that, not the work,
-was the server's p99. Larger batches are queued and encoded by the background thread in chunks, column by
-column (`encode_columns`: one orjson call per column, then the lines joined), the same bytes as the per-row
-`encode` at a third of its cost: per-row encoding of a 1,000-row batch held the GIL for ~1.5 ms, more than
-the request itself took, and made the server's 1,000-row V1 batches slower than stock KServe's. The
-thread also flushes every `flush_interval_s` seconds (file appends and S3 puts release the GIL) so a
-monitor reading the files sees recent traffic; `close()` encodes what is queued and flushes (shutdown).
+was the server's p99. Larger batches are encoded column by column (`encode_columns`: one orjson call per
+column, then the lines joined; the same bytes as the per-row `encode` at a third of its cost) on the event
+loop after the response has gone, one chunk of rows per loop turn, so other requests run between chunks.
+Profiling the 1,000-row V1 batch (py-spy) found the old path, a background thread encoding row by row, held
+the GIL ~1.5 ms per batch, more than the request itself, and the loop waited for it at every switch: the
+server's 1,000-row V1 batches were slower than stock KServe's. Outside an event loop (tests, tools) the
+thread encodes instead. The thread flushes every `flush_interval_s` seconds (file appends and S3 puts
+release the GIL) so a monitor reading the files sees recent traffic; `close()` encodes whatever is left,
+wherever it was queued, and flushes (shutdown).
 More than `max_pending` unflushed rows drop new rows and count them (mlwf_request_log_dropped_rows):
 logging never holds scoring up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
@@ -36,7 +40,7 @@ from serving.requests import Batch, rows_for_log
 
 log = logging.getLogger(__name__)
 
-# Rows the background thread encodes (~0.15 ms) before it lets the event loop have the GIL back.
+# Rows encoded at a time (~0.15 ms) before other work on the event loop (or the GIL) gets a turn.
 _CHUNK = 256
 
 
@@ -77,7 +81,10 @@ class RequestLogSink:
         self.writer = RequestLogWriter(root=root, model=model, sample_rate=1.0, flush_every=None)
         self._queued: deque[_Item] = deque()
         self._queued_rows = 0
-        self._blob_rows = 0  # rows appended by the thread as multi-line blocks since the last flush
+        self._blob_rows = 0  # rows appended as multi-line blocks since the last flush (under _count_lock)
+        self._loop_work: deque[list[Any]] = deque()  # [item, rows kept, next position], encoded on the event loop
+        self._loop_scheduled = False
+        self._in_step = False
         self._count_lock = threading.Lock()
         self._max_pending = max_pending
         self._wake = threading.Event()
@@ -116,17 +123,66 @@ class RequestLogSink:
         else:
             with self._count_lock:
                 self._queued_rows += n
-            self._queued.append(_Item(batch, probabilities, labels, version, request_id, at))  # atomic under the GIL
+            item = _Item(batch, probabilities, labels, version, request_id, at)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._queued.append(item)  # no event loop here: the thread encodes it (deque appends are atomic)
+                return
+            self._loop_work.append([item, self._sample(n), 0])
+            if not self._loop_scheduled:
+                self._loop_scheduled = True
+                loop.call_soon(self._loop_step, loop)
 
     def close(self, timeout: float = 10.0) -> None:
+        """Encode what is left and flush. Safe to call again (the server's stop and its exit both call it)."""
         thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stop = True
-        self._wake.set()
-        thread.join(timeout)
+        if thread is not None:
+            self._stop = True
+            self._wake.set()
+            thread.join(timeout)
+        if not self._in_step:  # a signal handler may call this in the middle of a loop step: the exit call finishes
+            while self._loop_work:
+                self._encode_step()
         self._encode_queued(yield_gil=False)
         self._flush()
+
+    def _loop_step(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One chunk of the oldest batch on the event loop, then a turn for everything else."""
+        self._in_step = True
+        try:
+            if self._loop_work:
+                self._encode_step()
+        finally:
+            self._in_step = False
+        if self._loop_work:
+            loop.call_soon(self._loop_step, loop)
+        else:
+            self._loop_scheduled = False
+
+    def _encode_step(self) -> None:
+        entry = self._loop_work[0]
+        item, keep, start = entry
+        try:
+            self._append_block(item, keep[start : start + _CHUNK])
+        except Exception:  # the request was answered; a record that cannot be logged is counted and skipped
+            self._errors.inc()
+            log.exception("request log: could not record request %s", item.request_id)
+            start = len(keep)
+        entry[2] = start + _CHUNK
+        if entry[2] >= len(keep):
+            self._loop_work.popleft()
+            with self._count_lock:
+                self._queued_rows -= item.batch.rows
+
+    def _append_block(self, item: _Item, rows: list[int]) -> None:
+        if not rows:
+            return
+        head = (item.at.isoformat(), item.request_id, self.model, item.version)
+        block = encode_columns(item.batch, item.probabilities, item.labels, self.features, self.numeric, head, rows)
+        self.writer.append([block], item.at)  # one block of lines: the writer ends it with a newline
+        with self._count_lock:
+            self._blob_rows += len(rows)
 
     def _sample(self, n: int) -> list[int]:
         if self.sample_rate >= 1.0:
@@ -165,20 +221,8 @@ class RequestLogSink:
             item = self._queued.popleft()
             try:
                 keep = self._sample(item.batch.rows)
-                ts = item.at.isoformat()
                 for start in range(0, len(keep), _CHUNK):
-                    rows = keep[start : start + _CHUNK]
-                    block = encode_columns(
-                        item.batch,
-                        item.probabilities,
-                        item.labels,
-                        self.features,
-                        self.numeric,
-                        (ts, item.request_id, self.model, item.version),
-                        rows,
-                    )
-                    self.writer.append([block], item.at)  # one block of lines: the writer ends it with a newline
-                    self._blob_rows += len(rows)
+                    self._append_block(item, keep[start : start + _CHUNK])
                     if yield_gil:
                         time.sleep(0)  # let the event loop run between chunks
             except Exception:  # a bad record must not stop the logger thread
@@ -189,7 +233,8 @@ class RequestLogSink:
                     self._queued_rows -= item.batch.rows
 
     def _flush(self) -> None:
-        self._blob_rows = 0  # the thread that appends blocks is the one that flushes
+        with self._count_lock:
+            self._blob_rows = 0  # lines appended from here on are counted against the next flush
         try:
             self.writer.flush()
         except Exception as err:  # e.g. a read-only or unreachable log root: count it, keep serving
@@ -218,8 +263,18 @@ def encode_columns(
     ts, request_id, model, version = head
     if not rows:
         return b""
-    whole = len(rows) == batch.rows and rows[-1] == batch.rows - 1
-    pick = None if whole else np.asarray(rows)
+    take: Callable[[Any], Any]
+    if rows[-1] - rows[0] + 1 == len(rows):  # ascending and contiguous (every row kept): slices, no per-row work
+        cut = slice(rows[0], rows[-1] + 1)
+
+        def take(column: Any) -> Any:
+            return column[cut]
+    else:
+        pick = np.asarray(rows)
+
+        def take(column: Any) -> Any:
+            return column[pick] if isinstance(column, np.ndarray) else [column[i] for i in rows]
+
     numeric_set = set(numeric)
     prefix = orjson.dumps({"ts": ts, "request_id": request_id, "model": model, "version": version})[:-1]
     parts: list[Any] = [repeat(prefix + b',"features":{')]
@@ -227,22 +282,20 @@ def encode_columns(
         column = batch.columns[name]
         parts.append(repeat((b"," if j else b"") + orjson.dumps(name) + b":"))
         if name in numeric_set:
-            values = np.asarray(column, dtype=np.float64)
-            parts.append(_number_tokens(values if pick is None else values[pick]))
+            parts.append(_number_tokens(take(np.asarray(column, dtype=np.float64))))
         else:
-            parts.append(_value_tokens(column if pick is None else [column[i] for i in rows]))
+            parts.append(_value_tokens(take(column)))
     parts += [
         repeat(b'},"probability":'),
-        _number_tokens(probabilities if pick is None else probabilities[pick]),
+        _number_tokens(take(probabilities)),
         repeat(b',"label":'),
-        _number_tokens(labels if pick is None else labels[pick]),
+        _number_tokens(take(labels)),
         repeat(b',"entity":'),
     ]
-    entities = batch.entities
-    if entities is None:
+    if batch.entities is None:
         parts.append(repeat(b"null}"))
     else:
-        parts.append([token + b"}" for token in _value_tokens(entities if pick is None else [entities[i] for i in rows])])
+        parts.append([token + b"}" for token in _value_tokens(take(batch.entities))])
     return b"\n".join(map(b"".join, zip(*parts)))
 
 

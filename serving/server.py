@@ -26,6 +26,7 @@ from kserve.protocol.rest.server import RESTServer
 
 from serving.front import FrontApp
 from serving.model import BundleModel
+from serving.transport import CoalescingHttpToolsProtocol
 from serving.workers import WorkerProcesses
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class BundleModelServer(ModelServer):
 
         self.front = FrontApp(model, kserve_app, self.max_body_bytes, self.log_requests)
         rest.config.app = self.front  # RESTServer.start() still registers KServe's routes on kserve_app
+        rest.config.http = CoalescingHttpToolsProtocol  # one socket write per response (serving/transport.py)
         rest.config.host = self.host
         if not self.log_requests:
             # The front logs refusals as JSON and metrics count the rest: no line per request from uvicorn

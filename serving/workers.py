@@ -12,7 +12,8 @@ What makes N processes read as one server:
   whichever worker answers, sums them all (serving/observability.py). A dead worker's counts stay counted;
 - request logs: each process has its own writer (its own files, named by pid and a random id), flushed on
   SIGTERM, so every row is logged once, by the worker that answered it.
-gRPC stays in the parent, as in KServe, with its own model, metrics and request log.
+gRPC stays in the parent, as in KServe, with its own model, metrics and request log. The worker's entry point
+is `serving.cli.run_worker`.
 """
 
 from __future__ import annotations
@@ -77,18 +78,3 @@ class WorkerProcesses(RESTServerMultiProcess):
         except asyncio.CancelledError:  # the parent is stopping: the workers stop with it
             await self.terminate_all()
             raise
-
-
-def run_worker(argv: list[str], model_dir: str, sockets: list[socket]) -> None:
-    """One worker process: the server of `python -m serving argv`, REST only, on the parent's socket."""
-    from serving.__main__ import build_parser, configure, load_model, make_server
-
-    args, _ = build_parser().parse_known_args(argv)
-    configure(args)
-    model = load_model(args, model_dir, exit_code=LOAD_FAILED)
-    try:
-        server = make_server(args, workers=1)
-        server._register_and_check_atleast_one_model_is_ready([model])
-        server.rest_server(model).run(sockets=sockets)  # uvicorn: returns after a graceful SIGTERM
-    finally:
-        model.stop()  # drains and flushes this worker's request log

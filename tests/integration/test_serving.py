@@ -649,6 +649,38 @@ def test_batch_log_lines_are_byte_for_byte_the_per_row_encoding() -> None:
     assert plain == encode(*head, per_row[0], probabilities.tolist()[0], labels.tolist()[0], None)
 
 
+def test_large_batches_are_logged_from_the_event_loop_once_even_if_closed_midway(tmp_path: Path) -> None:
+    """On an event loop a large batch is encoded a chunk per loop turn after the answer; a close() before the
+    loop got through it (shutdown) encodes the rest: every row once, in order."""
+    import asyncio
+
+    from serving.request_sink import RequestLogSink
+    from serving.requests import Schema, columns_from_rows
+
+    schema = Schema(("amount",), ("channel",))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    sink = RequestLogSink(str(tmp_path), MODEL, schema.names, schema.numeric, flush_interval_s=3600)
+    sink.start()
+    rows = [{"amount": float(i), "channel": "pos" if i % 2 else None} for i in range(1000)]
+
+    async def serve(turns: int) -> None:
+        for name in ("a", "b"):
+            sink.submit(columns_from_rows(rows, schema), np.linspace(0, 1, 1000), np.zeros(1000, dtype=np.int64), "v1", name)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: its shutdown steps would run the pending chunks
+    loop.run_until_complete(serve(turns=3))  # 2 x 4 chunks queued, a few encoded; the loop stops with the rest pending
+    loop.close()
+    assert sink._queued_rows > 0 and not sink._queued, "the batches were queued on the loop, not for the thread"
+    sink.close()
+    frame = _logged(tmp_path, since)
+    assert frame["request_id"].value_counts().to_dict() == {"a": 1000, "b": 1000}
+    assert frame[frame["request_id"] == "a"]["f.amount"].tolist() == [float(i) for i in range(1000)]
+    sink.close()  # again (the server's stop and its exit both close): nothing written twice
+    assert len(_logged(tmp_path, since)) == 2000
+
+
 def test_request_log_sink_flushes_on_close(tmp_path: Path) -> None:
     from serving.request_sink import RequestLogSink
     from serving.requests import Schema, columns_from_rows
