@@ -29,10 +29,10 @@ import orjson
 from kserve.errors import ModelNotReady
 from kserve.metrics import PREDICT_HIST_TIME
 
+from components.features.online import FeatureStoreUnavailable
 from serving import binary
 from serving.model import BundleModel, v1_response
 from serving.observability import multiprocess_dir, multiprocess_exposition
-from serving.online import FeatureStoreUnavailable
 from serving.requests import Batch, RequestError, Schema, parse_v1
 from serving.v2 import parse_v2, response_body
 

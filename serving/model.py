@@ -24,11 +24,12 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components.core import bundle as bundle_lib
 from components.core import storage
+from components.features.online import FeatureStoreUnavailable, OnlineFeatures, UnknownEntity
 from serving import binary
 from serving.observability import RequestMetrics, metrics
-from serving.online import FeatureStoreUnavailable, OnlineFeatures
 from serving.request_sink import RequestLogSink
 from serving.requests import Batch, RequestError, Schema, columns_from_v2_inputs, fill_lookups, parse_v1
+from serving.requests import UnknownEntity as UnknownEntityRequest
 from serving.scoring import Scorer
 from serving.v2 import v2_input_types, v2_output_types
 
@@ -198,9 +199,9 @@ class BundleModel(kserve.Model):
             keys = [str(batch.entities[i]) for i in batch.lookup_rows]
             try:
                 found = await loop.run_in_executor(None, self.online.lookup, keys)
-            except RequestError:
+            except UnknownEntity as err:
                 metrics().lookups.labels(self.name, "unknown").inc(len(keys))
-                raise
+                raise UnknownEntityRequest(str(err)) from err
             metrics().lookups.labels(self.name, "found").inc(len(keys))
             fill_lookups(batch, found, self.schema)
         if batch.rows <= self.inline_rows:

@@ -245,10 +245,3 @@ def build_features(spec: DatasetSpec, valid: pd.DataFrame, settings: Settings, t
     train, test = time_split(joined, test_fraction)
     log.info("feature service %s: %d training rows, %d test rows", name, len(train), len(test))
     return FeatureOutcome(service=name, train=train, test=test, materialized_rows=done.entities)
-
-
-def online_features(spec: DatasetSpec, settings: Settings, service: str, keys: list[str]) -> pd.DataFrame:
-    """What serving reads: the latest materialized values of the service's features for these entity keys."""
-    store = open_store(spec, settings)
-    rows = [{spec.entity_column: k} for k in keys]
-    return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()

@@ -17,6 +17,7 @@ from components.core.settings import get_settings
 from components.core.spec import parse_spec
 from components.data.validate import validate
 from components.features import store as features
+from components.features.online import OnlineFeatures
 from components.training.run import run_training_step
 from components.training.train import TrainParams
 from tests.conftest import ingest_frame, make_csv
@@ -72,7 +73,7 @@ def test_feast_sql_registry_and_redis_then_mlflow_on_postgres(tmp_path, cluster_
     # what serving reads online (Redis) equals what training got offline, for a sample of entities
     offline = pd.concat([outcome.train, outcome.test]).set_index("transaction_id")
     sample = offline.sample(20, random_state=3).index.tolist()
-    online = features.online_features(spec, settings, outcome.service, sample).set_index("transaction_id")
+    online = pd.DataFrame(OnlineFeatures(spec, outcome.service, spec.feature_names).lookup(sample), index=sample)
     for name in spec.feature_names:
         assert online.loc[sample, name].tolist() == offline.loc[sample, name].tolist(), name
 

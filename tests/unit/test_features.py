@@ -9,6 +9,7 @@ from components.core.settings import get_settings
 from components.core.spec import parse_spec
 from components.data.validate import validate
 from components.features import store as features
+from components.features.online import OnlineFeatures
 from tests.conftest import ingest_frame, make_csv
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -60,7 +61,7 @@ def test_online_features_equal_the_offline_training_features(tmp_path, state_dir
     outcome = features.build_features(transactions_spec, valid, get_settings())
     offline = pd.concat([outcome.train, outcome.test]).set_index("transaction_id")
     sample = offline.sample(25, random_state=1).index.tolist()
-    online = features.online_features(transactions_spec, get_settings(), outcome.service, sample).set_index("transaction_id")
+    online = pd.DataFrame(OnlineFeatures(transactions_spec, outcome.service, transactions_spec.feature_names).lookup(sample), index=sample)
     for name in transactions_spec.feature_names:
         assert online.loc[sample, name].tolist() == offline.loc[sample, name].tolist(), name
 

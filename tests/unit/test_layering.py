@@ -165,7 +165,7 @@ def test_the_checker_sees_nested_and_relative_imports(tmp_path: Path) -> None:
     assert not allowed("components.core.m", "pipelines.cli")
     assert not allowed("components.data.validate", "components.training.train")
     assert allowed("pipelines.cli", "components.data.validate")
-    assert allowed("serving.online", "components.features.store")
+    assert allowed("serving.model", "components.features.online")
     assert not allowed("serving.model", "components.training.train")
 
 

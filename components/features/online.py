@@ -1,10 +1,11 @@
-"""Entity-key requests: the bundle's features read from the Feast online store, through the FeatureService
-that built its training set (the bundle's lineage names it), with the store opened once per process.
+"""The one online feature read: a bundle's features from the Feast online store, through the FeatureService
+that built its training set (the bundle's lineage names it), with the store opened once per process. The
+model server answers entity-key requests with it, and the training-serving skew test reads through it.
 
 Opening a FeatureStore (imports, registry, config) takes seconds; a lookup through an open store takes well
 under a millisecond on the local SQLite store. So the store and the service object are cached, and each
 lookup is one `get_online_features` call. A key the store has never seen (every feature NOT_FOUND) is an
-UnknownEntity naming the key.
+UnknownEntity naming the key (the server answers 404).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from serving.requests import UnknownEntity
+from components.core.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,15 @@ class FeatureStoreUnavailable(RuntimeError):
     """The online store cannot be opened or read; entity-key requests get HTTP 503 with this message."""
 
 
+class UnknownEntity(LookupError):
+    """An entity key the online store has never seen."""
+
+
 class OnlineFeatures:
     """Looks up the bundle's features by entity key. No I/O until `open()` or the first `lookup()`."""
 
-    def __init__(self, dataset: str, service: str, features: Sequence[str]) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: str | DatasetSpec, service: str, features: Sequence[str]) -> None:
+        self.dataset = dataset  # a spec reference (what a bundle's lineage records), or the spec itself
         self.service_name = service
         self.features = list(features)
         self.entity: str | None = None
@@ -38,26 +43,28 @@ class OnlineFeatures:
     def entity_column(self) -> str:
         """The entity key's name comes from the dataset spec: cheap, no store needed."""
         if self.entity is None:
-            from components.core.spec import load_spec
-
-            self.entity = load_spec(self.dataset).entity_column
+            self.entity = self._spec().entity_column
         return self.entity
+
+    def _spec(self) -> DatasetSpec:
+        from components.core.spec import load_spec
+
+        return self.dataset if isinstance(self.dataset, DatasetSpec) else load_spec(self.dataset)
 
     def open(self) -> None:
         with self._lock:
             if self._store is not None:
                 return
             from components.core.settings import get_settings
-            from components.core.spec import load_spec
             from components.features.store import open_store
 
             try:
-                spec = load_spec(self.dataset)
+                spec = self._spec()
                 store = open_store(spec, get_settings())
                 service = store.get_feature_service(self.service_name)
             except Exception as err:
                 raise FeatureStoreUnavailable(
-                    f"cannot open feature service {self.service_name!r} of dataset {self.dataset!r}: {err}"
+                    f"cannot open feature service {self.service_name!r} of dataset {getattr(self.dataset, 'name', self.dataset)!r}: {err}"
                 ) from err
             served = {f.name for proj in service.feature_view_projections for f in proj.features}
             absent = [f for f in self.features if f not in served]
@@ -65,7 +72,7 @@ class OnlineFeatures:
                 raise FeatureStoreUnavailable(f"feature service {self.service_name!r} does not serve {absent}")
             self.entity = spec.entity_column
             self._store, self._service = store, service
-            log.info("online store open", extra={"feature_service": self.service_name, "dataset": self.dataset})
+            log.info("online store open", extra={"feature_service": self.service_name, "dataset": spec.name})
 
     def lookup(self, keys: Sequence[str]) -> dict[str, list[Any]]:
         """{feature: [value per key]} in the order of `keys`; raises UnknownEntity naming unseen keys."""
