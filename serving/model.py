@@ -90,7 +90,7 @@ class BundleModel(kserve.Model):
             local = self._tmp.name
         bundle = bundle_lib.load(local)  # verifies every digest first
         self.bundle = bundle
-        self._version = self.options.version or _version_of(bundle)
+        self._version = self.options.version or bundle_lib.served_version(bundle.signature, bundle_lib.bundle_digest(bundle.directory))
         self._threshold = bundle.threshold
         self.scorer = Scorer(bundle, trace=self.options.trace)
         self.scorer.prepare()
@@ -280,9 +280,3 @@ def _tensor(infer_input: Any) -> dict[str, Any]:
         except (TypeError, ValueError) as err:
             raise RequestError(f"input {infer_input.name!r}: contents do not fit {infer_input.datatype}: {err}") from None
     return {"name": infer_input.name, "shape": shape, "datatype": infer_input.datatype, "data": data}
-
-
-def _version_of(bundle: bundle_lib.Bundle) -> str:
-    lineage = bundle.signature.get("lineage", {})
-    version = lineage.get("model_version") or str(lineage.get("inputs_fingerprint", ""))[:12]
-    return str(version or bundle_lib.bundle_digest(bundle.directory)[:12])
