@@ -1,7 +1,8 @@
 """A simple scikit-learn baseline, trained on the same train split and scored on the same test split.
 
 It answers "is the network worth it?": the report puts its metrics and per-row latency beside the
-bundle's (the accuracy-versus-latency trade). It is reported, never deployed and never gates. Like the
+bundle's (the accuracy-versus-latency trade). It is never deployed; it gates when the policy sets
+`baseline.max_regression` (the model may be worse than it by at most that much on the same test rows). Like the
 network it picks its decision threshold by best F1 on the latest rows of the training set, so the two
 are compared at thresholds chosen the same way.
 """

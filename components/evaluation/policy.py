@@ -46,11 +46,17 @@ class GatePolicy:
     min_pr_auc: float | None = None
     min_f1: float | None = None
     max_ece: float | None = None
+    max_brier: float | None = None
+    # The decision threshold's objective (chosen by training on calibrated scores): None = best F1, else the cost
+    # of each outcome per row, {"fp": .., "fn": .., "tp": .., "tn": ..}, every cost >= 0.
+    costs: dict[str, float] | None = None
     max_p99_latency_ms: float = 5.0  # per-row scoring on the CPU: the production latency budget
     latency_rows: int = 200  # rows timed one at a time
     max_regression: dict[str, float] = field(default_factory=lambda: {"roc_auc": 0.01})  # drop allowed vs the champion
     slices: SlicePolicy = field(default_factory=SlicePolicy)
     baseline: str | None = "logistic_regression"  # trained on the same split and reported beside the model
+    # Gated against the baseline on the same test rows: largest drop allowed per metric (empty: reported only).
+    baseline_tolerance: dict[str, float] = field(default_factory=dict)
     importance_repeats: int = 3  # permutation feature importance, for the report
     importance_rows: int = 5000
     version: int = 0
@@ -66,7 +72,8 @@ class GatePolicy:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-_TOP = {"version", "dataset", "description", "thresholds", "latency", "slices", "champion", "baseline", "importance"}
+_TOP = {"version", "dataset", "description", "thresholds", "latency", "slices", "champion", "baseline", "importance", "decision"}
+COST_KEYS = ("fp", "fn", "tp", "tn")
 
 
 def _keys(where: str, given: Any, allowed: set[str]) -> dict[str, Any]:
@@ -101,11 +108,12 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
     version = top.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise PolicyError("version: a positive integer is required (bump it when a threshold changes)")
-    thresholds = _keys("thresholds", top.get("thresholds"), {"min_roc_auc", "min_pr_auc", "min_f1", "max_ece"})
+    thresholds = _keys("thresholds", top.get("thresholds"), {"min_roc_auc", "min_pr_auc", "min_f1", "max_ece", "max_brier"})
+    decision = _keys("decision", top.get("decision"), {"costs"})
     latency = _keys("latency", top.get("latency"), {"max_p99_ms", "rows"})
     slices = _keys("slices", top.get("slices"), {"attributes", "min_rows", "min_positives", "max_gap"})
     champion = _keys("champion", top.get("champion"), {"max_regression"})
-    baseline = _keys("baseline", top.get("baseline"), {"kind"})
+    baseline = _keys("baseline", top.get("baseline"), {"kind", "max_regression"})
     importance = _keys("importance", top.get("importance"), {"repeats", "rows"})
     attributes = slices.get("attributes") or []
     if not isinstance(attributes, list) or not all(isinstance(a, str) and a for a in attributes):
@@ -123,6 +131,8 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
         min_pr_auc=optional("min_pr_auc", 1.0),
         min_f1=optional("min_f1", 1.0),
         max_ece=optional("max_ece", 1.0),
+        max_brier=optional("max_brier", 1.0),
+        costs=_costs(decision.get("costs")),
         max_p99_latency_ms=_number("latency.max_p99_ms", latency.get("max_p99_ms", defaults.max_p99_latency_ms)),
         latency_rows=int(_number("latency.rows", latency.get("rows", defaults.latency_rows), 1)),
         max_regression=_metric_map("champion.max_regression", champion.get("max_regression", {"roc_auc": 0.01}),
@@ -134,12 +144,37 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
             max_gap=_metric_map("slices.max_gap", slices.get("max_gap"), HIGHER_IS_BETTER + LOWER_IS_BETTER),
         ),
         baseline=kind,
+        baseline_tolerance=_metric_map("baseline.max_regression", baseline.get("max_regression"), HIGHER_IS_BETTER + LOWER_IS_BETTER),
         importance_repeats=int(_number("importance.repeats", importance.get("repeats", 3))),
         importance_rows=int(_number("importance.rows", importance.get("rows", 5000), 1)),
         version=version,
         dataset=None if top.get("dataset") is None else str(top["dataset"]),
         source=source,
     )
+
+
+def _costs(given: Any) -> dict[str, float] | None:
+    """decision.costs: a cost matrix (fp and fn required, tp and tn default 0), every entry a finite number >= 0."""
+    if given is None:
+        return None
+    costs = _keys("decision.costs", given, set(COST_KEYS))
+    missing = [k for k in ("fp", "fn") if k not in costs]
+    if missing:
+        raise PolicyError(f"decision.costs: needs both 'fp' and 'fn' (missing {missing})")
+    out = {}
+    for key in COST_KEYS:
+        value = costs.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+            raise PolicyError(f"decision.costs.{key}: {value!r} is not a cost (a finite number >= 0)")
+        out[key] = float(value)
+    if out["fp"] == 0 and out["fn"] == 0:
+        raise PolicyError("decision.costs: fp and fn are both 0, so errors cost nothing and any threshold would do")
+    return out
+
+
+def threshold_objective(policy: GatePolicy) -> str:
+    """What training's TrainParams.threshold_objective takes: "f1", or the cost matrix as JSON."""
+    return "f1" if policy.costs is None else json.dumps(policy.costs, sort_keys=True)
 
 
 def bundled_policy_path(name: str) -> Path:

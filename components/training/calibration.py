@@ -187,7 +187,7 @@ def expected_calibration_error(labels: Any, scores: Any, n_bins: int = 10) -> fl
 COST_KEYS = ("fp", "fn", "tp", "tn")
 
 
-def _costs(objective: Mapping[str, Any]) -> dict[str, float]:
+def validate_costs(objective: Mapping[str, Any]) -> dict[str, float]:
     unknown = sorted(set(objective) - set(COST_KEYS))
     if unknown:
         raise ValueError(f"cost matrix has unknown entries {unknown}; expected {list(COST_KEYS)}")
@@ -242,7 +242,7 @@ def threshold_report(labels: Any, scores: Any, objective: str | Mapping[str, Any
         best = int(np.argmax(value))  # thresholds are descending: the first maximum is the highest threshold
         name = "f1"
     elif isinstance(objective, Mapping):
-        c = _costs(objective)
+        c = validate_costs(objective)
         value = (c["fp"] * fp + c["fn"] * fn + c["tp"] * tp + c["tn"] * tn) / n
         best = int(np.argmin(value))
         name = "expected_cost"

@@ -9,13 +9,29 @@ import pandas as pd
 from components.core.spec import DatasetSpec
 
 
+def _calibration(result: Any) -> str:
+    c = getattr(result, "calibration", None) or {}
+    if not c:
+        return "calibration not recorded"
+    return (f"{c['method']} map fitted on the latest {c['rows']} training rows, {c['from']} to {c['to']}, never trained "
+            f"on; ECE there {c['ece_before']:.4f} before, {c['ece_after']:.4f} after")
+
+
+def _objective(result: Any) -> str:
+    objective = (getattr(result, "calibration", None) or {}).get("objective", "f1")
+    if objective == "f1":
+        return "best F1"
+    return "lowest expected cost per row, costs " + ", ".join(f"{k} {v:g}" for k, v in objective.items())
+
+
 def model_card(spec: DatasetSpec, name: str, lineage: dict[str, Any], result: Any, train: pd.DataFrame) -> str:
     positives = int(train["label"].sum())
     return f"""# Model card: {name}
 
 ## Intended use
 Scores `{spec.name}` records: the probability that `{spec.label}` is `{spec.positive}`. {spec.description}
-Decisions use the threshold {result.threshold:.4f} (best F1 on the time-ordered validation split).
+Scores are calibrated probabilities ({_calibration(result)}).
+Decisions use the threshold {result.threshold:.4f} ({_objective(result)}, chosen on calibrated scores of the calibration tail).
 Not for use on populations or time periods unlike the training data without re-evaluation.
 
 ## Data

@@ -205,7 +205,11 @@ def run_training_step(
             mlflow.log_metrics({"best_epoch": result.best_epoch, "val_roc_auc_best": result.validation_auc,
                                 "threshold": result.threshold, "train_samples_per_s": result.samples_per_second,
                                 "epochs_run": len(result.history)})
-            mlflow.set_tags({"mlwf.device": result.device, "mlwf.world_size": str(result.world_size)})
+            calibration = result.calibration or {}
+            mlflow.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
+                                if k in ("ece_before", "ece_after", "rows", "positives", "f1", "expected_cost")})
+            mlflow.set_tags({"mlwf.device": result.device, "mlwf.world_size": str(result.world_size),
+                             "mlwf.calibration": str(calibration.get("method", "none"))})
             mlflow.log_artifacts(str(staged), artifact_path="bundle")
             storage.copy_dir(str(staged), model_dir)
         source = f"{run.info.artifact_uri}/bundle"

@@ -17,15 +17,23 @@ log = logging.getLogger("mlwf")
 
 
 def train_step(dataset_spec: str, train_set: Any, feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Any, metrics: Any,
-               nodes: int = 1, gpus_per_node: int = 1, pipeline_run: str = "", pipeline_run_name: str = "") -> tuple[str, str]:
+               nodes: int = 1, gpus_per_node: int = 1, pipeline_run: str = "", pipeline_run_name: str = "",
+               threshold_objective: str = "f1") -> tuple[str, str]:
+    """`threshold_objective`: "f1" or the policy's cost matrix as JSON (what the decision threshold optimises)."""
     setup_logging()
     from components.core.spec import load_spec
+    from components.core.threads import apply_torch_threads
     from components.training.run import run_training_step
     from components.training.train import TrainParams
 
     started = time.perf_counter()
+    # torch would start one thread per core of the node, not per CPU of this pod: with one core busy that ran
+    # 85x slower (shared/FACTS.md, "CPU threads"). Sized from the cgroup quota and affinity instead.
+    threads = apply_torch_threads()
+    log.info("train: %d torch thread(s) (the CPU budget of this process)", threads)
     spec = load_spec(dataset_spec)
-    out = run_training_step(spec, train_set.path, model.path, TrainParams(epochs=int(epochs), seed=int(seed)), feature_service, dataset_fingerprint,
+    params = TrainParams(epochs=int(epochs), seed=int(seed), threshold_objective=threshold_objective or "f1")
+    out = run_training_step(spec, train_set.path, model.path, params, feature_service, dataset_fingerprint,
                             nodes=int(nodes), gpus_per_node=int(gpus_per_node), pipeline_run=pipeline_run,
                             pipeline_run_name=pipeline_run_name)
     model.metadata.update({k: v for k, v in out.items() if isinstance(v, (str, int, float, bool))})

@@ -115,7 +115,7 @@ def test_a_good_first_model_passes_every_check(bundles, data):
     ev = evaluate(bundles["good"], test, policy, None, None)
     assert ev.passed, ev.reasons
     assert {c.name for c in ev.checks} == {"min_roc_auc", "min_pr_auc", "min_f1", "max_ece", "max_p99_latency_ms",
-                                           "slice_gap.country.roc_auc", "slice_gap.channel.roc_auc"}
+                                           "slice_gap.country.roc_auc", "slice_gap.channel.roc_auc", "threshold_objective"}
     assert ev.metrics["roc_auc"] > 0.85 and ev.metrics["rows"] == len(test)
     good = bundle_lib.load(bundles["good"])
     direct = classification_metrics(test["label"].to_numpy(), good.predict_proba(bundle_lib.columns_from_frame(test, good.feature_names)), good.threshold)

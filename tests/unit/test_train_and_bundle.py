@@ -104,3 +104,29 @@ def test_training_run_logs_lineage_environment_and_history(tmp_path, state_dir, 
     assert version.run_id == out["run_id"] and mlflow.get_run(out["run_id"]).info.status == "FINISHED"
     again = training_run.run_training_step(transactions_spec, train_path, str(tmp_path / "m2"), params, "transactions_v3", "fp-123")
     assert again["reused"] is True and again["version"] == out["version"]
+
+
+def test_program_holds_its_calibration_and_the_threshold_is_a_calibrated_probability(trained):
+    from components.training.calibration import Calibrated
+
+    _, program, _, result = trained
+    assert isinstance(program, Calibrated)  # exported with the map: the served probability is the calibrated one
+    cal = result.calibration
+    assert cal["method"] in ("isotonic", "platt") and cal["rows"] >= 50 and cal["objective"] == "f1"
+    assert cal["ece_after"] <= cal["ece_before"] + 1e-9
+
+
+def test_cost_matrix_moves_the_threshold_and_bad_objectives_fail_before_training():
+    df = synthetic()
+    params = dict(epochs=3, batch_size=64, seed=1)
+    _, _, f1 = train_model(df, NUMERIC, CATEGORICAL, TrainParams(**params))
+    _, _, costly_misses = train_model(df, NUMERIC, CATEGORICAL, TrainParams(**params, threshold_objective='{"fp": 1, "fn": 50}'))
+    assert costly_misses.threshold < f1.threshold  # a missed positive costs 50x a false alarm: call more positives
+    assert costly_misses.calibration["objective"] == {"fp": 1.0, "fn": 50.0, "tp": 0.0, "tn": 0.0}
+    with pytest.raises(ValueError, match="'fn' = -5 must be a finite cost >= 0"):
+        train_model(df, NUMERIC, CATEGORICAL, TrainParams(epochs=1, threshold_objective='{"fp": 1, "fn": -5}'))
+
+
+def test_too_little_data_for_a_calibration_tail_is_named():
+    with pytest.raises(ValueError, match="too little data to hold out a calibration tail: the latest 15 training rows"):
+        train_model(synthetic(200), NUMERIC, CATEGORICAL, TrainParams(epochs=1))
