@@ -40,6 +40,11 @@ def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, ve
     from components.evaluation.verdict import evaluation_summary, verdict_markdown
 
     started = time.perf_counter()
+    # Scoring and the latency check run with the thread count the server uses: the CPU budget of the pod
+    # (cgroup quota, affinity), not the node's core count (shared/FACTS.md, "CPU threads").
+    from components.core.threads import apply_torch_threads
+
+    log.info("evaluate: %d torch thread(s) (the CPU budget of this process)", apply_torch_threads())
     pipeline_run = tracking.pipeline_run_id(pipeline_run)
     spec = load_spec(dataset_spec)
     policy = policy_for_run(gate_policy, dataset_spec, spec.name, float(min_roc_auc), float(max_p99_latency_ms), float(max_regression))
