@@ -21,7 +21,7 @@ MLWF_PLATFORM ?=
 IMAGES_RECORD := build/images.json
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools demo test test-unit test-integration test-contract compile images bench bench-quick mlflow-ui stop clean crds
+.PHONY: help install tools demo test lint format test-unit test-integration test-contract compile images bench bench-quick mlflow-ui stop clean crds
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -47,8 +47,17 @@ tools: $(TOOLS_STAMP) ## Create .venv-tools with checkov and bandit pinned by to
 demo: $(STAMP) ## Run the whole pipeline locally on generated demo data and print where to look
 	$(BIN)/mlwf demo
 
-test: $(STAMP) $(TOOLS_STAMP) ## Run the whole test suite (unit, contract, integration)
+test: $(STAMP) $(TOOLS_STAMP) lint ## Run the linters and the whole test suite (unit, contract, integration)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy over components/, pipelines/, serving/ (configured in pyproject.toml)
+	$(BIN)/ruff check components pipelines serving tests benchmarks manifests
+	$(BIN)/ruff format --check components pipelines serving tests benchmarks manifests
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix components pipelines serving tests benchmarks manifests
+	$(BIN)/ruff format components pipelines serving tests benchmarks manifests
 
 test-unit: $(STAMP) ## Unit tests only (fast)
 	$(BIN)/python -m pytest -q tests/unit

@@ -85,24 +85,66 @@ def run(quick: bool) -> list[Figure]:
     ks_gap = max(full - (a.ks_d or 0.0) for a, full in zip(ours, ks_full))
     flagged = sum(a.level == "alert" for a in ours)
     size = f"{rows:,} rows x {FEATURES} features"
-    common = (f"PSI differs from np.histogram on the same bins by at most {psi_gap:.1e}; edge-KS D is at most {ks_gap:.3f} below "
-              f"ks_2samp's full D; {flagged}/{FEATURES} features flagged (15 shifted by >= 0.3 sigma). Profile built once at "
-              f"training time in {profile_seconds:.3f}s (not part of a monitoring run).")
+    common = (
+        f"PSI differs from np.histogram on the same bins by at most {psi_gap:.1e}; edge-KS D is at most {ks_gap:.3f} below "
+        f"ks_2samp's full D; {flagged}/{FEATURES} features flagged (15 shifted by >= 0.3 sigma). Profile built once at "
+        f"training time in {profile_seconds:.3f}s (not part of a monitoring run)."
+    )
     figures = [
-        Figure(NAME, f"KS + PSI, one monitoring run, {size} (s)", t_project, t_ks + t_psi_usual,
-               "scipy ks_2samp + numpy histogram PSI", False, "<= 1 s and >= 5x faster than the anchors", notes=common),
-        Figure(NAME, f"KS (from the same counts), {size} (s)", t_project, t_ks, "scipy ks_2samp per column", False,
-               ">= 5x faster", notes="the project's time covers KS and PSI together"),
-        Figure(NAME, f"PSI vs the usual numpy histogram PSI, {size} (s)", t_project, t_psi_usual,
-               "numpy: reference quantile bins + both histograms", False, ">= 5x faster",
-               notes="the usual script re-bins the reference sample every run; the project reads frozen bins from the bundle"),
-        Figure(NAME, f"PSI vs np.histogram on the same frozen bins, {size} (s)", t_project, t_psi_frozen,
-               "np.histogram of the current sample only", False, "reported (the same work: no 5x goal)",
-               notes="the project's time also includes KS and null counts"),
+        Figure(
+            NAME,
+            f"KS + PSI, one monitoring run, {size} (s)",
+            t_project,
+            t_ks + t_psi_usual,
+            "scipy ks_2samp + numpy histogram PSI",
+            False,
+            "<= 1 s and >= 5x faster than the anchors",
+            notes=common,
+        ),
+        Figure(
+            NAME,
+            f"KS (from the same counts), {size} (s)",
+            t_project,
+            t_ks,
+            "scipy ks_2samp per column",
+            False,
+            ">= 5x faster",
+            notes="the project's time covers KS and PSI together",
+        ),
+        Figure(
+            NAME,
+            f"PSI vs the usual numpy histogram PSI, {size} (s)",
+            t_project,
+            t_psi_usual,
+            "numpy: reference quantile bins + both histograms",
+            False,
+            ">= 5x faster",
+            notes="the usual script re-bins the reference sample every run; the project reads frozen bins from the bundle",
+        ),
+        Figure(
+            NAME,
+            f"PSI vs np.histogram on the same frozen bins, {size} (s)",
+            t_project,
+            t_psi_frozen,
+            "np.histogram of the current sample only",
+            False,
+            "reported (the same work: no 5x goal)",
+            notes="the project's time also includes KS and null counts",
+        ),
     ]
     if importlib.util.find_spec("evidently") is None:
-        figures.append(Figure(NAME, f"PSI vs evidently, {size} (s)", t_project, None, "evidently PSI: unavailable (not installed)",
-                              False, ">= 5x faster", notes="evidently is not a dependency of this project; anchor not measured"))
+        figures.append(
+            Figure(
+                NAME,
+                f"PSI vs evidently, {size} (s)",
+                t_project,
+                None,
+                "evidently PSI: unavailable (not installed)",
+                False,
+                ">= 5x faster",
+                notes="evidently is not a dependency of this project; anchor not measured",
+            )
+        )
     else:
         figures.append(_evidently_figure(reference, current, t_project, size))
     for figure in figures:

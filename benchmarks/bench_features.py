@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -19,20 +19,29 @@ from benchmarks.harness import Figure
 
 NUMERIC = [f"n{i}" for i in range(6)]
 CATEGORICAL = [f"c{i}" for i in range(4)]
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _spec():
     from components.core.spec import parse_spec
 
-    return parse_spec({"name": "bench", "label": {"column": "y", "positive": 1}, "entity": "entity_id", "timestamp": "ts",
-                       "features": {"numeric": NUMERIC, "categorical": CATEGORICAL}})
+    return parse_spec(
+        {
+            "name": "bench",
+            "label": {"column": "y", "positive": 1},
+            "entity": "entity_id",
+            "timestamp": "ts",
+            "features": {"numeric": NUMERIC, "categorical": CATEGORICAL},
+        }
+    )
 
 
 def _rows(n: int) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    data = {"entity_id": [f"e{i:08d}" for i in range(n)],
-            "event_timestamp": pd.to_datetime(T0) + pd.to_timedelta(rng.integers(0, 30 * 86400, n), unit="s")}
+    data = {
+        "entity_id": [f"e{i:08d}" for i in range(n)],
+        "event_timestamp": pd.to_datetime(T0) + pd.to_timedelta(rng.integers(0, 30 * 86400, n), unit="s"),
+    }
     for name in NUMERIC:
         data[name] = rng.normal(size=n).round(4)
     for name in CATEGORICAL:
@@ -92,8 +101,24 @@ def run(quick: bool) -> list[Figure]:
             os.environ["MLWF_STATE_DIR"] = saved
     bulk_rate, stock_rate = n / bulk_s, n / stock_s
     return [
-        Figure("features", f"materialize {n:,} entities x 10 features into SQLite (entity rows/s, read included)",
-               bulk_rate, stock_rate, "Feast stock materialize", True, ">= 3x stock", met=bulk_rate >= 3 * stock_rate),
-        Figure("features", "one online lookup via the FeatureService, p99 (ms)", float(np.percentile(lat, 99)), None,
-               "p50 %.2f ms" % float(np.percentile(lat, 50)), False, "report", notes="Feast SDK get_online_features, SQLite"),
+        Figure(
+            "features",
+            f"materialize {n:,} entities x 10 features into SQLite (entity rows/s, read included)",
+            bulk_rate,
+            stock_rate,
+            "Feast stock materialize",
+            True,
+            ">= 3x stock",
+            met=bulk_rate >= 3 * stock_rate,
+        ),
+        Figure(
+            "features",
+            "one online lookup via the FeatureService, p99 (ms)",
+            float(np.percentile(lat, 99)),
+            None,
+            f"p50 {float(np.percentile(lat, 50)):.2f} ms",
+            False,
+            "report",
+            notes="Feast SDK get_online_features, SQLite",
+        ),
     ]

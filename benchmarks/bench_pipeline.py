@@ -33,7 +33,7 @@ CHILD = r"""
 import json, os, resource, sys, time
 from components.data.datagen import GenConfig, write
 from pipelines.local import run_local
-from components.deployment.local import stop_local
+from components.deployment.processes import stop_local
 rows, data = int(sys.argv[1]), sys.argv[2]
 write(GenConfig(rows=rows, seed=7, bad_fraction=0.01), data)
 run = run_local({"dataset_spec": "transactions", "source_uri": data, "epochs": 10, "min_roc_auc": 0.5})
@@ -54,8 +54,14 @@ def _run(rows: int) -> dict:
     with tempfile.TemporaryDirectory() as state:
         env = {**os.environ, "MLWF_STATE_DIR": state, "MLWF_SERVE_PORT": str(_free_port()), "MLWF_PROFILE": "local"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        out = subprocess.run([sys.executable, "-c", CHILD, str(rows), str(Path(state) / "tx.csv")], env=env,
-                             capture_output=True, text=True, timeout=3600, cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(rows), str(Path(state) / "tx.csv")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         if out.returncode != 0:
             raise RuntimeError(f"pipeline run on {rows} rows failed: {out.stderr.strip().splitlines()[-1:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -79,9 +85,19 @@ def run(quick: bool) -> list[Figure]:
         steps = result["steps"]
         slowest = max(steps, key=steps.get)
         shares = ", ".join(f"{k.removesuffix('-op')} {v / result['seconds']:.0%}" for k, v in steps.items())
-        figures.append(Figure("pipeline", f"local pipeline, {rows:,} rows: wall time (s)", result["seconds"], startup,
-                              "process start-up + imports of the 6 steps", False, "report; slowest step visible",
-                              notes=f"slowest: {slowest} ({steps[slowest]:.1f}s); shares: {shares}"))
-        figures.append(Figure("pipeline", f"local pipeline, {rows:,} rows: peak memory of a step (MB)", result["peak_mb"], None,
-                              "", False, "report"))
+        figures.append(
+            Figure(
+                "pipeline",
+                f"local pipeline, {rows:,} rows: wall time (s)",
+                result["seconds"],
+                startup,
+                "process start-up + imports of the 6 steps",
+                False,
+                "report; slowest step visible",
+                notes=f"slowest: {slowest} ({steps[slowest]:.1f}s); shares: {shares}",
+            )
+        )
+        figures.append(
+            Figure("pipeline", f"local pipeline, {rows:,} rows: peak memory of a step (MB)", result["peak_mb"], None, "", False, "report")
+        )
     return figures

@@ -27,9 +27,21 @@ NAME = "training"
 GOAL_RATIO = 3.0
 # Datasheet peak memory bandwidth (bytes/s), matched by substring of torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH = (
-    ("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("GH200", 4.0e12),
-    ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12),
-    ("L40", 0.864e12), ("L4", 0.3e12), ("A10G", 0.6e12), ("A10", 0.6e12), ("T4", 0.32e12), ("V100", 0.9e12),
+    ("H200", 4.8e12),
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),
+    ("GH200", 4.0e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+    ("L40S", 0.864e12),
+    ("L40", 0.864e12),
+    ("L4", 0.3e12),
+    ("A10G", 0.6e12),
+    ("A10", 0.6e12),
+    ("T4", 0.32e12),
+    ("V100", 0.9e12),
 )
 
 
@@ -75,8 +87,9 @@ def anchor_rates(frame: pd.DataFrame, numeric: list[str], categorical: list[str]
     positives = float(y.sum())
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(y) - positives) / max(positives, 1.0), device=device))
     optimizer = torch.optim.AdamW(net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    loader = DataLoader(TensorDataset(xn, xc, y), batch_size=params.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(params.seed))
+    loader = DataLoader(
+        TensorDataset(xn, xc, y), batch_size=params.batch_size, shuffle=True, generator=torch.Generator().manual_seed(params.seed)
+    )
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     rates = []
     for _ in range(params.epochs):
@@ -131,26 +144,43 @@ def run(quick: bool) -> list[Figure]:
         torch.set_num_threads(threads)
     mine, theirs = statistics.median(project), statistics.median(anchor)
     ratio = mine / theirs
-    figures = [Figure(
-        benchmark=NAME, figure=f"training throughput on {device}, {rows:,} rows (samples/s)", project=mine, anchor=theirs,
-        anchor_name="plain DataLoader loop, same model, data and batch", higher_is_better=True,
-        goal=f">= {GOAL_RATIO:g}x anchor", met=ratio >= GOAL_RATIO,
-        notes=f"median of {len(project)} epochs each (warm-up epochs dropped); batch {params.batch_size}"
-              + ("; 1 CPU thread for both" if device == "cpu" else ""),
-    )]
+    figures = [
+        Figure(
+            benchmark=NAME,
+            figure=f"training throughput on {device}, {rows:,} rows (samples/s)",
+            project=mine,
+            anchor=theirs,
+            anchor_name="plain DataLoader loop, same model, data and batch",
+            higher_is_better=True,
+            goal=f">= {GOAL_RATIO:g}x anchor",
+            met=ratio >= GOAL_RATIO,
+            notes=f"median of {len(project)} epochs each (warm-up epochs dropped); batch {params.batch_size}"
+            + ("; 1 CPU thread for both" if device == "cpu" else ""),
+        )
+    ]
     if device == "cuda":
         name = torch.cuda.get_device_name(0)
         cardinalities = [min(frame[c].nunique(), params.max_vocabulary) for c in categorical]
         net = TabularNet(torch.zeros(len(numeric)), torch.ones(len(numeric)), cardinalities, params.embedding_dim, params.hidden)
-        width = len(numeric) + sum(int(getattr(e, "embedding_dim")) for e in net.embeddings)
-        per_step = bytes_per_step(sum(p.numel() for p in net.parameters()), params.batch_size, len(numeric), len(categorical), width, params.hidden)
+        width = len(numeric) + sum(int(e.embedding_dim) for e in net.embeddings)
+        per_step = bytes_per_step(
+            sum(p.numel() for p in net.parameters()), params.batch_size, len(numeric), len(categorical), width, params.hidden
+        )
         achieved = per_step * mine / params.batch_size
         peak = peak_bandwidth(name)
-        figures.append(Figure(
-            benchmark=NAME, figure="GPU memory bandwidth reached by the training loop (ESTIMATE, fraction of peak)",
-            project=achieved / peak if peak else achieved, anchor=None,
-            anchor_name=f"datasheet peak {peak / 1e12:.2f} TB/s of {name}" if peak else f"{name}: not in the peak table (bytes/s shown)",
-            higher_is_better=True, goal="report only (estimate)", met=None,
-            notes=f"~{per_step / 1e6:.2f} MB per step estimated from shapes; {achieved / 1e9:.1f} GB/s",
-        ))
+        figures.append(
+            Figure(
+                benchmark=NAME,
+                figure="GPU memory bandwidth reached by the training loop (ESTIMATE, fraction of peak)",
+                project=achieved / peak if peak else achieved,
+                anchor=None,
+                anchor_name=f"datasheet peak {peak / 1e12:.2f} TB/s of {name}"
+                if peak
+                else f"{name}: not in the peak table (bytes/s shown)",
+                higher_is_better=True,
+                goal="report only (estimate)",
+                met=None,
+                notes=f"~{per_step / 1e6:.2f} MB per step estimated from shapes; {achieved / 1e9:.1f} GB/s",
+            )
+        )
     return figures

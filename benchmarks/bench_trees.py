@@ -73,9 +73,7 @@ def run(quick: bool) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt2"
         example = (torch.from_numpy(valid[0][:8]), torch.from_numpy(valid[1][:8]))
-        exported = torch.export.export(
-            programs["auto"], example, dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}}
-        )
+        exported = torch.export.export(programs["auto"], example, dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}})
         torch.export.save(exported, str(path))
         served = torch.export.load(str(path)).module()
 

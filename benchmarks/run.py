@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +32,9 @@ def machine() -> dict[str, str]:
         pass
     gpu = ""
     try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip()
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return {"cpu": cpu, "cores": str(os.cpu_count()), "gpu": gpu or "none", "python": platform.python_version()}
@@ -62,7 +64,9 @@ def markdown(results: dict) -> str:
         ratio = f"{f['ratio']:.2f}x" if f["ratio"] else "-"
         anchor = f"{fmt(f['anchor'])} ({f['anchor_name']})" if f["anchor"] is not None else f["anchor_name"] or "-"
         met = {True: "yes", False: "NO", None: "-"}[f["met"]]
-        lines.append(f"| {f['benchmark']} | {f['figure']} | {fmt(f['project'])} | {anchor} | {ratio} | {f['goal']} | {met} | {f['notes']} |")
+        lines.append(
+            f"| {f['benchmark']} | {f['figure']} | {fmt(f['project'])} | {anchor} | {ratio} | {f['goal']} | {met} | {f['notes']} |"
+        )
     for name, err in results["errors"].items():
         lines.append(f"\n**{name} failed:** `{err}`")
     return "\n".join(lines) + "\n"
@@ -88,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args(argv)
     names = [n for n in discover() if not args.only or n in args.only or n.removeprefix("bench_") in args.only]
-    results: dict = {"mode": "quick" if args.quick else "full", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                     "machine": machine(), "figures": [], "errors": {}, "seconds": {}}
+    results: dict = {
+        "mode": "quick" if args.quick else "full",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "figures": [],
+        "errors": {},
+        "seconds": {},
+    }
     for name in names:
         print(f"== {name}", flush=True)
         started = time.perf_counter()

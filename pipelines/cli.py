@@ -1,16 +1,16 @@
 """`mlwf`: the one entry point. `mlwf --help` lists the commands.
 
-  mlwf generate   write the demo dataset (seeded card transactions; switches for bad records and drift)
-  mlwf run --local [--dataset SPEC] [--data URI]   run the whole pipeline on this machine (kfp.local)
-  mlwf demo       generate the demo data if missing, run locally, print where to look
-  mlwf compile    write the pipeline package a Kubeflow cluster runs
-  mlwf submit     create a run on Kubeflow Pipelines (kfp.Client)
-  mlwf stop       stop the local model server
-  mlwf monitor --local   drift of the served traffic vs the champion; retrain on an alert (kfp.local)
-  mlwf drift-demo        replay drifted traffic to the served champion, detect the drift, retrain
-  mlwf schedule   create a recurring monitoring run on Kubeflow Pipelines (cron)
-  mlwf suite --dataset SPEC   write/update the validation suite beside the spec (SPEC.suite.json)
-  mlwf lineage DATASET|MODEL/VERSION   input files, suite, code and run behind a dataset or model version
+mlwf generate   write the demo dataset (seeded card transactions; switches for bad records and drift)
+mlwf run --local [--dataset SPEC] [--data URI]   run the whole pipeline on this machine (kfp.local)
+mlwf demo       generate the demo data if missing, run locally, print where to look
+mlwf compile    write the pipeline package a Kubeflow cluster runs
+mlwf submit     create a run on Kubeflow Pipelines (kfp.Client)
+mlwf stop       stop the local model server
+mlwf monitor --local   drift of the served traffic vs the champion; retrain on an alert (kfp.local)
+mlwf drift-demo        replay drifted traffic to the served champion, detect the drift, retrain
+mlwf schedule   create a recurring monitoring run on Kubeflow Pipelines (cron)
+mlwf suite --dataset SPEC   write/update the validation suite beside the spec (SPEC.suite.json)
+mlwf lineage DATASET|MODEL/VERSION   input files, suite, code and run behind a dataset or model version
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def check_inputs(dataset: str, source: str) -> None:
     path = suite_path(dataset)
     if not storage.is_s3(path) and not storage.exists(path):
         path, suite, _ = write_suite(dataset)
-        print(f"mlwf: wrote the validation suite {path} ({len(suite.expectations)} expectations, version {suite.version}) "
-              "beside the spec; review it and keep it with the spec")
+        print(
+            f"mlwf: wrote the validation suite {path} ({len(suite.expectations)} expectations, version {suite.version}) "
+            "beside the spec; review it and keep it with the spec"
+        )
     load_suite(spec, dataset)
 
 
@@ -107,9 +109,12 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             if args.row is not None:
                 info["rows_found"] = lineage.find_rows(info, spec.entity_column, args.row)
                 if not info["rows_found"]:
-                    return fail(f"no row with {spec.entity_column} = {args.row!r} in dataset {spec.name} version {info['dataset_fingerprint'][:16]}")
-                text += "\n" + "\n".join(f"  row {args.row}: {r['file']} line {r['source_line']} (sha256 {r['sha256'][:16]})"
-                                         for r in info["rows_found"])
+                    return fail(
+                        f"no row with {spec.entity_column} = {args.row!r} in dataset {spec.name} version {info['dataset_fingerprint'][:16]}"
+                    )
+                text += "\n" + "\n".join(
+                    f"  row {args.row}: {r['file']} line {r['source_line']} (sha256 {r['sha256'][:16]})" for r in info["rows_found"]
+                )
     except (lineage.LineageError, SpecError) as err:
         return fail(str(err))
     print(json.dumps(info, indent=2, default=str) if args.json else text)
@@ -118,15 +123,16 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.local:
-        return fail("`mlwf run` runs the pipeline on this machine only: add --local. For a Kubeflow cluster, write the "
-                     "package with `mlwf compile` and start a run with `mlwf submit --host <KFP API URL>`")
+        return fail(
+            "`mlwf run` runs the pipeline on this machine only: add --local. For a Kubeflow cluster, write the "
+            "package with `mlwf compile` and start a run with `mlwf submit --host <KFP API URL>`"
+        )
     from pipelines.local import PipelineFailed, run_local
 
     source = args.data or str(demo_data_path())
     try:
         check_inputs(args.dataset, source)
-        print("running the training pipeline on this machine (kfp.local); each step's whole output goes to its log file",
-              flush=True)
+        print("running the training pipeline on this machine (kfp.local); each step's whole output goes to its log file", flush=True)
         run = run_local(_run_arguments(args, source), console=sys.stdout, describe=describe_step(args.epochs))
     except (PipelineFailed, FileNotFoundError, ValueError) as err:
         return fail(str(err))
@@ -164,15 +170,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ValueError as err:
         return fail(str(err))
     client = kfp_client(args.host, args.namespace)
-    run = client.create_run_from_pipeline_package(args.package, arguments=arguments, experiment_name=args.experiment,
-                                                  run_name=args.run_name, namespace=args.namespace)
+    run = client.create_run_from_pipeline_package(
+        args.package, arguments=arguments, experiment_name=args.experiment, run_name=args.run_name, namespace=args.namespace
+    )
     print(f"submitted run {run.run_id} in experiment {args.experiment!r}: {args.host.rstrip('/')}/#/runs/details/{run.run_id}")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from components.core.settings import get_settings
-    from components.deployment.local import stop_local
+    from components.deployment.processes import stop_local
 
     stopped = 0
     for record in (Path(get_settings().state_dir) / "serving").glob("*/server.json"):
@@ -183,9 +190,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _monitor_arguments(args: argparse.Namespace, training: dict[str, Any]) -> dict[str, Any]:
-    return {"model_name": args.model, "window_hours": args.window_hours, "psi_warn": args.psi_warn, "psi_alert": args.psi_alert,
-            "ks_alpha": args.ks_alpha, "ks_min_d": args.ks_min_d, "min_rows": args.min_rows, "cooldown_hours": args.cooldown_hours,
-            "labels_uri": args.labels or "", "pushgateway_url": args.pushgateway or "", "training_arguments": json.dumps(training)}
+    return {
+        "model_name": args.model,
+        "window_hours": args.window_hours,
+        "psi_warn": args.psi_warn,
+        "psi_alert": args.psi_alert,
+        "ks_alpha": args.ks_alpha,
+        "ks_min_d": args.ks_min_d,
+        "min_rows": args.min_rows,
+        "cooldown_hours": args.cooldown_hours,
+        "labels_uri": args.labels or "",
+        "pushgateway_url": args.pushgateway or "",
+        "training_arguments": json.dumps(training),
+    }
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -196,7 +213,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from pipelines.monitoring import run_monitoring_local
 
     try:
-        training = training_arguments({"dataset_spec": args.dataset, "source_uri": args.retrain_data or str(demo_data_path())}, args.retrain_arg)
+        training = training_arguments(
+            {"dataset_spec": args.dataset, "source_uri": args.retrain_data or str(demo_data_path())}, args.retrain_arg
+        )
         with progress_to(sys.stdout):  # a line per step; each step's output goes to its log file
             run = run_monitoring_local(_monitor_arguments(args, training))
     except (PipelineFailed, ValueError) as err:
@@ -215,8 +234,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         cron_with_seconds(args.cron)
     except ValueError as err:
         return fail(str(err))
-    job = schedule_monitoring(kfp_client(args.host, args.namespace), args.package, args.cron, args.experiment, args.job_name,
-                              params, args.namespace)
+    job = schedule_monitoring(
+        kfp_client(args.host, args.namespace), args.package, args.cron, args.experiment, args.job_name, params, args.namespace
+    )
     print(f"scheduled {args.job_name!r} ({cron_with_seconds(args.cron)}): recurring run {job.recurring_run_id}")
     return 0
 
@@ -253,16 +273,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", default="transactions", help="dataset spec: a bundled name, a YAML path or s3:// URI")
-        p.add_argument("--epochs", type=int, default=30,
-                       help="maximum training epochs: early stopping ends training sooner when the validation ROC-AUC stops improving")
+        p.add_argument(
+            "--epochs",
+            type=int,
+            default=30,
+            help="maximum training epochs: early stopping ends training sooner when the validation ROC-AUC stops improving",
+        )
         p.add_argument("--seed", type=int, default=42, help="training seed")
         p.add_argument("--gate-policy", default="", help="gate policy file (default: <dataset>.policy.yaml beside the spec)")
-        p.add_argument("--min-roc-auc", type=float, default=-1.0,
-                       help="override the policy's minimum ROC-AUC with a value >= 0 (default: -1, the policy file's value)")
-        p.add_argument("--max-p99-latency-ms", type=float, default=-1.0,
-                       help="override the policy's per-row p99 latency budget with a value >= 0 (default: -1, the policy file's value)")
-        p.add_argument("--max-regression", type=float, default=-1.0,
-                       help="override the policy's tolerance against the champion with a value >= 0 (default: -1, the policy file's value)")
+        p.add_argument(
+            "--min-roc-auc",
+            type=float,
+            default=-1.0,
+            help="override the policy's minimum ROC-AUC with a value >= 0 (default: -1, the policy file's value)",
+        )
+        p.add_argument(
+            "--max-p99-latency-ms",
+            type=float,
+            default=-1.0,
+            help="override the policy's per-row p99 latency budget with a value >= 0 (default: -1, the policy file's value)",
+        )
+        p.add_argument(
+            "--max-regression",
+            type=float,
+            default=-1.0,
+            help="override the policy's tolerance against the champion with a value >= 0 (default: -1, the policy file's value)",
+        )
 
     run = command("run", "run the training pipeline (on this machine with --local; on a cluster: compile + submit)")
     run.add_argument("--local", action="store_true", help="run on this machine with kfp.local (required: `mlwf submit` runs on a cluster)")
@@ -295,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=cmd_stop)
 
     demo_rollout = command("rollout-demo", "canary a deliberately broken model against the local champion, see it rolled back")
-    demo_rollout.add_argument("--broken", choices=["errors", "slow"], default="errors",
-                              help="errors: requests fail with 400; slow: answers are right but late")
+    demo_rollout.add_argument(
+        "--broken", choices=["errors", "slow"], default="errors", help="errors: requests fail with 400; slow: answers are right but late"
+    )
     demo_rollout.add_argument("--model", default="transactions_classifier", help="registered model name of the champion")
     demo_rollout.add_argument("--data", help="CSV whose latest rows are replayed as traffic (default: the demo data)")
     demo_rollout.set_defaults(func=cmd_rollout_demo)
@@ -307,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cooldown-hours", type=float, default=24.0, help="no second retraining within this time")
 
     mon = command("monitor", "drift of the served traffic vs the champion; retrain on an alert")
-    mon.add_argument("--local", action="store_true", help="run on this machine with kfp.local (required: `mlwf schedule` runs on a cluster)")
+    mon.add_argument(
+        "--local", action="store_true", help="run on this machine with kfp.local (required: `mlwf schedule` runs on a cluster)"
+    )
     monitor_options(mon, 24.0)
     mon.add_argument("--psi-warn", type=float, default=0.1, help="PSI from which a feature is reported as shifted")
     mon.add_argument("--psi-alert", type=float, default=0.25, help="PSI from which a feature raises the drift alert")

@@ -34,8 +34,11 @@ def make_broken_bundle(source_dir: str, target_dir: str, kind: str) -> str:
         feature = signature["features"][0]
         feature["name"] = f"{feature['name']}_renamed"
     else:
-        _write_slow_program(target, len([f for f in signature["features"] if f["type"] == "numeric"]),
-                            len([f for f in signature["features"] if f["type"] == "categorical"]))
+        _write_slow_program(
+            target,
+            len([f for f in signature["features"] if f["type"] == "numeric"]),
+            len([f for f in signature["features"] if f["type"] == "categorical"]),
+        )
     (target / bundle_lib.SIGNATURE).write_text(json.dumps(signature, indent=2, sort_keys=True))
     bundle_lib.write_manifest(target)
     return str(target)

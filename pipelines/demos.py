@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def _serve_champion(settings: Any, model: str, instances: list[dict[str, Any]]) 
 def cmd_drift_demo(args: argparse.Namespace) -> int:
     """Serve the champion, replay drifted traffic through HTTP, run the monitor: it detects drift and retrains."""
     import time
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import requests
 
@@ -84,7 +85,7 @@ def cmd_drift_demo(args: argparse.Namespace) -> int:
     traffic.to_csv(data_path, index=False)  # the newly labeled period the retraining learns from
 
     replay = min(args.replay, len(instances))
-    started = datetime.now(timezone.utc) - timedelta(seconds=1)
+    started = datetime.now(UTC) - timedelta(seconds=1)
     print(f"replaying {replay} drifted transactions (drift={args.drift}) to {predict_url} in batches of {args.batch} ...")
     answers: list[dict[str, Any]] = []
     clock = time.perf_counter()
@@ -102,7 +103,7 @@ def cmd_drift_demo(args: argparse.Namespace) -> int:
     logged = 0
     deadline = time.monotonic() + 10  # the server's log sink flushes every few seconds
     while time.monotonic() < deadline:
-        logged = len(read_window(root, service, started, datetime.now(timezone.utc) + timedelta(seconds=1)))
+        logged = len(read_window(root, service, started, datetime.now(UTC) + timedelta(seconds=1)))
         if logged >= replay:
             break
         time.sleep(1)
@@ -112,20 +113,35 @@ def cmd_drift_demo(args: argparse.Namespace) -> int:
         print(f"  the model server wrote no request logs: the replay client logs the {replay} answers itself (same format)")
         writer = RequestLogWriter(root, service)
         probs = [a["probability"] for a in answers]
-        writer.log(instances[:replay], probs, [a["label"] for a in answers], version, "drift-demo",
-                   entities=traffic["transaction_id"].iloc[:replay].tolist())
+        writer.log(
+            instances[:replay],
+            probs,
+            [a["label"] for a in answers],
+            version,
+            "drift-demo",
+            entities=traffic["transaction_id"].iloc[:replay].tolist(),
+        )
         writer.flush()
     labels = Path(settings.state_dir) / "monitoring" / service / "labels" / "drift-demo.csv"
     labels.parent.mkdir(parents=True, exist_ok=True)
     known = traffic.iloc[:replay]
-    known.assign(entity=known["transaction_id"], label=known["is_fraud"], ts=datetime.now(timezone.utc).isoformat())[["entity", "label", "ts"]].to_csv(labels, index=False)
+    known.assign(entity=known["transaction_id"], label=known["is_fraud"], ts=datetime.now(UTC).isoformat())[
+        ["entity", "label", "ts"]
+    ].to_csv(labels, index=False)
 
     try:
-        training = training_arguments({"dataset_spec": "transactions", "source_uri": str(data_path), "epochs": args.epochs}, args.retrain_arg)
+        training = training_arguments(
+            {"dataset_spec": "transactions", "source_uri": str(data_path), "epochs": args.epochs}, args.retrain_arg
+        )
     except ValueError as err:
         return fail(str(err))
-    arguments = {"model_name": args.model, "window_hours": args.window_hours, "cooldown_hours": args.cooldown_hours,
-                 "labels_uri": str(labels), "training_arguments": json.dumps(training)}
+    arguments = {
+        "model_name": args.model,
+        "window_hours": args.window_hours,
+        "cooldown_hours": args.cooldown_hours,
+        "labels_uri": str(labels),
+        "training_arguments": json.dumps(training),
+    }
     print("running the monitoring pipeline (kfp.local); each step's whole output goes to its log file", flush=True)
     try:
         with progress_to(sys.stdout):
@@ -168,8 +184,10 @@ def cmd_rollout_demo(args: argparse.Namespace) -> int:
     columns = bundle_lib.columns_from_frame(frame, champion.feature_names)
     traffic = [{k: v[i] for k, v in columns.items()} for i in range(len(frame))]
     broken = make_broken_bundle(stable["model_dir"], str(home / f"broken-{args.broken}"), args.broken)
-    what = {"errors": "a bundle whose signature renames a feature (real requests get 400)",
-            "slow": "a bundle whose program does ~5 GFLOP per request (right answers, too late)"}[args.broken]
+    what = {
+        "errors": "a bundle whose signature renames a feature (real requests get 400)",
+        "slow": "a bundle whose program does ~5 GFLOP per request (right answers, too late)",
+    }[args.broken]
     print(f"champion v{stable['version']} serves at {stable['url']}; canary: {what}")
     try:
         deployed = deploy_local(broken, args.model, f"broken-{args.broken}", traffic[:3], settings, replay=traffic)

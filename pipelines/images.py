@@ -62,8 +62,9 @@ def _git(*args: str) -> str:
     except FileNotFoundError as err:
         raise ImageBuildError("git is not installed: pass --tag and --code-version (MLWF_TAG, MLWF_CODE_VERSION)") from err
     if proc.returncode != 0:
-        raise ImageBuildError(f"git {' '.join(args)} failed ({proc.stderr.strip()}): pass --tag and --code-version "
-                              "(MLWF_TAG, MLWF_CODE_VERSION)")
+        raise ImageBuildError(
+            f"git {' '.join(args)} failed ({proc.stderr.strip()}): pass --tag and --code-version (MLWF_TAG, MLWF_CODE_VERSION)"
+        )
     return proc.stdout.strip()
 
 
@@ -84,14 +85,15 @@ def find_builder(preferred: str | None = None) -> tuple[str, str]:
         if path:
             return name, path
     wanted = preferred or " or ".join(BUILDERS)
-    raise ImageBuildError(f"no image builder found on PATH (looked for {wanted}): install Docker, Podman or Buildah, "
-                          "or build on a machine (or CI job) that has one")
+    raise ImageBuildError(
+        f"no image builder found on PATH (looked for {wanted}): install Docker, Podman or Buildah, "
+        "or build on a machine (or CI job) that has one"
+    )
 
 
 def build_command(exe: str, image: Image, ref: str, code_version: str, platform: str | None) -> list[str]:
     # docker build, podman build and buildah build (formerly `bud`) take the same flags used here.
-    cmd = [exe, "build", "--file", str(REPO / image.dockerfile), "--tag", ref,
-           "--build-arg", f"MLWF_CODE_VERSION={code_version}"]
+    cmd = [exe, "build", "--file", str(REPO / image.dockerfile), "--tag", ref, "--build-arg", f"MLWF_CODE_VERSION={code_version}"]
     if platform:
         cmd += ["--platform", platform]
     return [*cmd, str(REPO)]
@@ -128,8 +130,9 @@ def _run(cmd: list[str], what: str, capture: bool = True) -> str:
     return proc.stdout or ""
 
 
-def build_and_push(registry: str, tag: str, code_version: str, builder: str | None = None,
-                   platform: str | None = None, record: Path = RECORD) -> dict[str, Any]:
+def build_and_push(
+    registry: str, tag: str, code_version: str, builder: str | None = None, platform: str | None = None, record: Path = RECORD
+) -> dict[str, Any]:
     """Build, push and record every image; the record is written only when all of them were pushed."""
     registry = registry.rstrip("/")
     if not REGISTRY.fullmatch(registry):
@@ -141,11 +144,15 @@ def build_and_push(registry: str, tag: str, code_version: str, builder: str | No
     for image in IMAGES:
         repository = f"{registry}/{image.name}"
         ref = f"{repository}:{tag}"
-        _run(build_command(exe, image, ref, code_version, platform), f"build {ref} ({image.dockerfile})",
-             capture=False)
+        _run(build_command(exe, image, ref, code_version, platform), f"build {ref} ({image.dockerfile})", capture=False)
         digest = push(name, exe, ref, repository)
-        images[image.name] = {"repository": repository, "tag": tag, "digest": digest,
-                              "reference": f"{repository}@{digest}", "dockerfile": image.dockerfile}
+        images[image.name] = {
+            "repository": repository,
+            "tag": tag,
+            "digest": digest,
+            "reference": f"{repository}@{digest}",
+            "dockerfile": image.dockerfile,
+        }
     out = {"registry": registry, "tag": tag, "code_version": code_version, "builder": name, "images": images}
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(".tmp")
@@ -175,13 +182,14 @@ def compile_args(record: Path = RECORD) -> list[str]:
     return ["--image", load_record(record)["images"]["components"]["reference"]]
 
 
-def write_overlays(record: Path = RECORD, out_root: Path = OVERLAYS_OUT,
-                   overlays: Path = MANIFEST_OVERLAYS) -> list[Path]:
+def write_overlays(record: Path = RECORD, out_root: Path = OVERLAYS_OUT, overlays: Path = MANIFEST_OVERLAYS) -> list[Path]:
     """One kustomization per manifests/overlays/<name>: that overlay with the release images replaced by the
     pushed digests (kustomize's `images:` rewrites every containers[].image, the ClusterServingRuntime's too)."""
     data = load_record(record)
-    pins = [{"name": f"{RELEASE_REGISTRY}/{name}", "newName": entry["repository"], "digest": entry["digest"]}
-            for name, entry in sorted(data["images"].items())]
+    pins = [
+        {"name": f"{RELEASE_REGISTRY}/{name}", "newName": entry["repository"], "digest": entry["digest"]}
+        for name, entry in sorted(data["images"].items())
+    ]
     written = []
     for source in sorted(p for p in overlays.iterdir() if (p / "kustomization.yaml").is_file()):
         target = out_root / source.name
@@ -194,15 +202,19 @@ def write_overlays(record: Path = RECORD, out_root: Path = OVERLAYS_OUT,
         }
         path = target / "kustomization.yaml"
         # JSON is YAML: no PyYAML needed here.
-        path.write_text(f"# Generated by `make images` from {record.name} (tag {data['tag']}); do not edit.\n"
-                        + json.dumps(kustomization, indent=2) + "\n")
+        path.write_text(
+            f"# Generated by `make images` from {record.name} (tag {data['tag']}); do not edit.\n"
+            + json.dumps(kustomization, indent=2)
+            + "\n"
+        )
         written.append(path)
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.images", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.images", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build, push and record the three images")
     build.add_argument("--registry", required=True, help="e.g. ghcr.io/your-org (images: REGISTRY/components, ...)")
@@ -222,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         if not tag or not code_version:
             short, full = git_version()
             tag, code_version = tag or short, code_version or full
-        data = build_and_push(args.registry, tag, code_version, args.builder or None, args.platform or None,
-                              args.record)
+        data = build_and_push(args.registry, tag, code_version, args.builder or None, args.platform or None, args.record)
         overlays = write_overlays(args.record, args.record.parent / "overlays")
     except ImageBuildError as err:
         print(f"images: error: {err}", file=sys.stderr)

@@ -81,10 +81,18 @@ def cron_with_seconds(expression: str) -> str:
     raise ValueError(f"--cron takes 5 fields (minute hour day month weekday) or 6 (seconds first), got {expression!r}")
 
 
-def schedule_monitoring(client: Any, package: str, cron: str, experiment: str, job_name: str, params: dict[str, Any],
-                        namespace: str) -> Any:
+def schedule_monitoring(
+    client: Any, package: str, cron: str, experiment: str, job_name: str, params: dict[str, Any], namespace: str
+) -> Any:
     """A recurring run of the monitoring package: one run at a time, no backfill of missed slots."""
     found = client.create_experiment(name=experiment, namespace=namespace)  # returns the existing one by name
-    return client.create_recurring_run(experiment_id=found.experiment_id, job_name=job_name, cron_expression=cron_with_seconds(cron),
-                                       pipeline_package_path=package, params=params, max_concurrency=1, no_catchup=True,
-                                       enable_caching=False)
+    return client.create_recurring_run(
+        experiment_id=found.experiment_id,
+        job_name=job_name,
+        cron_expression=cron_with_seconds(cron),
+        pipeline_package_path=package,
+        params=params,
+        max_concurrency=1,
+        no_catchup=True,
+        enable_caching=False,
+    )

@@ -76,9 +76,7 @@ class LocalRun:
         if self.steps:
             return {s.task: s.seconds for s in self.steps}
         done = sorted(
-            ((p / "executor_output.json").stat().st_mtime, name)
-            for name, p in self.tasks.items()
-            if (p / "executor_output.json").exists()
+            ((p / "executor_output.json").stat().st_mtime, name) for name, p in self.tasks.items() if (p / "executor_output.json").exists()
         )
         out: dict[str, float] = {}
         previous = self.started_at
@@ -136,8 +134,9 @@ def run_local(arguments: dict[str, Any], console: IO[str] | None = None, describ
     return run_pipeline_locally(training_pipeline, {"gpu_count": 0, **arguments}, PIPELINE_NAME, console, describe)
 
 
-def run_pipeline_locally(pipeline: Any, arguments: dict[str, Any], name: str, console: IO[str] | None = None,
-                         describe: Describe | None = None) -> LocalRun:
+def run_pipeline_locally(
+    pipeline: Any, arguments: dict[str, Any], name: str, console: IO[str] | None = None, describe: Describe | None = None
+) -> LocalRun:
     """Run a pipeline with kfp.local; return where its steps wrote and what they logged.
 
     Each step's output goes to its log file; `console` (default: the one set by `progress_to`, else none)
@@ -165,15 +164,19 @@ def run_pipeline_locally(pipeline: Any, arguments: dict[str, Any], name: str, co
             with _captured(pipeline_log), _hooked(recorder), warnings.catch_warnings():
                 # Every step names the placeholder image on purpose (compile writes the real one); kfp warns
                 # about it once a step, which would open every failing step's log tail.
-                warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom or non-Python base image",
-                                        category=RuntimeWarning)
+                warnings.filterwarnings(
+                    "ignore",
+                    message="You may be attemping to run a task that uses custom or non-Python base image",
+                    category=RuntimeWarning,
+                )
                 pipeline(**arguments)
         except RuntimeError as err:  # kfp.local raises this when a task fails (raise_on_error=True)
             failure = err
         finally:
             elapsed = time.perf_counter() - started
-        new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir() and p.name.startswith(name)),
-                     key=lambda p: p.stat().st_mtime)
+        new = sorted(
+            (p for p in root.iterdir() if p.name not in before and p.is_dir() and p.name.startswith(name)), key=lambda p: p.stat().st_mtime
+        )
         run_dir = recorder.run_dir or (new[-1] if new else None)
         logs = run_dir / "logs" if run_dir else None
         if logs is not None:
@@ -203,8 +206,7 @@ def _executor_tasks(pipeline: Any) -> list[tuple[str, str]]:
             if component.WhichOneof("implementation") == "dag":
                 walk(component.dag)
             else:
-                found.append((executor_input_utils.get_local_task_resource_name(task.component_ref.name),
-                              task.task_info.name or task_name))
+                found.append((executor_input_utils.get_local_task_resource_name(task.component_ref.name), task.task_info.name or task_name))
 
     walk(spec.root.dag)
     return found
@@ -343,8 +345,10 @@ class _StepRecorder:
             return PipelineFailed(f"{_first_line(err)} (kfp's log: {pipeline_log})\n" + "\n".join(tail), None, pipeline_log, tail)
         tail = _tail(step.log)
         line = _error_line(tail) or _first_line(err)
-        message = (f"step {step.display!r} ({step.task}) failed: {line}\nIts whole log: {step.log}\n"
-                   f"Last {len(tail)} lines of it:\n" + "\n".join(f"  {t}" for t in tail))
+        message = (
+            f"step {step.display!r} ({step.task}) failed: {line}\nIts whole log: {step.log}\n"
+            f"Last {len(tail)} lines of it:\n" + "\n".join(f"  {t}" for t in tail)
+        )
         return PipelineFailed(message, step.display, step.log, tail)
 
     @contextlib.contextmanager
@@ -368,9 +372,13 @@ def _hooked(recorder: _StepRecorder) -> Iterator[None]:
     from kfp.local.orchestrator import task_executor
 
     original = getattr(task_executor, "execute_single_task", None)
-    if original is None or not {"task_name", "task_spec", "pipeline_root", "pipeline_resource_name"} <= set(inspect.signature(original).parameters):
-        raise RuntimeError("kfp.local.orchestrator.task_executor.execute_single_task is missing or changed: "
-                           "pipelines/local.py needs updating for this kfp version")
+    if original is None or not {"task_name", "task_spec", "pipeline_root", "pipeline_resource_name"} <= set(
+        inspect.signature(original).parameters
+    ):
+        raise RuntimeError(
+            "kfp.local.orchestrator.task_executor.execute_single_task is missing or changed: "
+            "pipelines/local.py needs updating for this kfp version"
+        )
 
     def execute(*args: Any, **kwargs: Any) -> Any:
         return recorder.run(original, args, kwargs)

@@ -4,7 +4,6 @@ Meant to run on a schedule (`mlwf schedule`, a KFP recurring run with a cron exp
 with `mlwf monitor --local` (kfp.local). Neither step is cached: both depend on the clock and the state store.
 """
 
-
 from kfp import dsl
 
 from pipelines.local import LocalRun
@@ -59,18 +58,35 @@ def monitoring_pipeline(
         training_package: The compiled training package (path or s3:// URI) to run on an alert. Empty: the
             training pipeline is compiled from the code installed in this step's image.
     """
-    drift = cluster_wiring(drift_op(
-        model_name=model_name, window_hours=window_hours, psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha,
-        ks_min_d=ks_min_d, null_delta=null_delta, min_rows=min_rows, cooldown_hours=cooldown_hours,
-        labels_uri=labels_uri, pushgateway_url=pushgateway_url,
-    ), retries=1)
+    drift = cluster_wiring(
+        drift_op(
+            model_name=model_name,
+            window_hours=window_hours,
+            psi_warn=psi_warn,
+            psi_alert=psi_alert,
+            ks_alpha=ks_alpha,
+            ks_min_d=ks_min_d,
+            null_delta=null_delta,
+            min_rows=min_rows,
+            cooldown_hours=cooldown_hours,
+            labels_uri=labels_uri,
+            pushgateway_url=pushgateway_url,
+        ),
+        retries=1,
+    )
     drift.set_display_name("drift").set_caching_options(False).set_cpu_limit("2").set_memory_limit("4G")
     with dsl.If(drift.outputs["Output"] == True, name="drift-alert"):  # noqa: E712 (a KFP condition, not Python)
         # No retries: a failed trigger keeps its cooldown claim, and a retry must not start a second training.
-        retrain = cluster_wiring(retrain_op(
-            cooldown_hours=cooldown_hours, drift=drift.outputs["drift"], training_arguments=training_arguments,
-            kfp_host=kfp_host, kfp_namespace=kfp_namespace, training_package=training_package,
-        ))
+        retrain = cluster_wiring(
+            retrain_op(
+                cooldown_hours=cooldown_hours,
+                drift=drift.outputs["drift"],
+                training_arguments=training_arguments,
+                kfp_host=kfp_host,
+                kfp_namespace=kfp_namespace,
+                training_package=training_package,
+            )
+        )
         retrain.set_display_name("retrain").set_caching_options(False).set_cpu_limit("1").set_memory_limit("2G")
 
 

@@ -7,7 +7,6 @@ environment when this module is imported. Imports live inside the bodies because
 function's source on its own, and so that each step pays only for the libraries it uses.
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -31,7 +30,9 @@ def stamp_image(container: dict, image: str) -> None:
 
 
 @_component
-def ingest_op(dataset_spec: str, source_uri: str, run_id: str, raw: Output[Dataset]) -> NamedTuple("IngestOutputs", [("rows", int), ("fingerprint", str)]):
+def ingest_op(dataset_spec: str, source_uri: str, run_id: str, raw: Output[Dataset]) -> NamedTuple(
+    "IngestOutputs", [("rows", int), ("fingerprint", str)]
+):
     """Read new or changed CSV/Parquet files (a file or a directory/prefix, local or s3://), checked against
     the spec; outputs the union of every file of the source and the dataset version's fingerprint."""
     from collections import namedtuple
@@ -43,7 +44,15 @@ def ingest_op(dataset_spec: str, source_uri: str, run_id: str, raw: Output[Datas
 
 
 @_component
-def validate_op(dataset_spec: str, run_id: str, raw: Input[Dataset], valid: Output[Dataset], quarantine: Output[Dataset], report: Output[HTML], metrics: Output[Metrics]) -> int:
+def validate_op(
+    dataset_spec: str,
+    run_id: str,
+    raw: Input[Dataset],
+    valid: Output[Dataset],
+    quarantine: Output[Dataset],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+) -> int:
     """Great Expectations over every row; failing rows to quarantine with their reasons. Returns valid rows."""
     from components.data.step import validate_step
 
@@ -59,7 +68,20 @@ def features_op(dataset_spec: str, valid: Input[Dataset], train_set: Output[Data
 
 
 @_component
-def train_op(dataset_spec: str, train_set: Input[Dataset], feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Output[Model], metrics: Output[Metrics], nodes: int = 1, gpus_per_node: int = 1, pipeline_run: str = "", pipeline_run_name: str = "") -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
+def train_op(
+    dataset_spec: str,
+    train_set: Input[Dataset],
+    feature_service: str,
+    dataset_fingerprint: str,
+    epochs: int,
+    seed: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    pipeline_run: str = "",
+    pipeline_run_name: str = "",
+) -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
     """PyTorch on CUDA when present (DDP over every GPU of the pod), tracked in MLflow; writes the sealed model bundle.
 
     `nodes` > 1 trains in a Kubeflow Trainer TrainJob of that many nodes with `gpus_per_node` GPUs each.
@@ -69,13 +91,42 @@ def train_op(dataset_spec: str, train_set: Input[Dataset], feature_service: str,
 
     from components.training.step import train_step
 
-    name, version = train_step(dataset_spec, train_set, feature_service, dataset_fingerprint, epochs, seed, model, metrics, nodes, gpus_per_node,
-                               pipeline_run=pipeline_run, pipeline_run_name=pipeline_run_name)
+    name, version = train_step(
+        dataset_spec,
+        train_set,
+        feature_service,
+        dataset_fingerprint,
+        epochs,
+        seed,
+        model,
+        metrics,
+        nodes,
+        gpus_per_node,
+        pipeline_run=pipeline_run,
+        pipeline_run_name=pipeline_run_name,
+    )
     return namedtuple("TrainOutputs", ["model_name", "version"])(name, version)
 
 
 @_component
-def evaluate_op(model: Input[Model], train_set: Input[Dataset], test_set: Input[Dataset], model_name: str, version: str, dataset_spec: str, gate_policy: str, min_roc_auc: float, max_p99_latency_ms: float, max_regression: float, metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML], model_card: Output[Markdown], verdict: Output[Markdown], pipeline_run: str = "") -> bool:
+def evaluate_op(
+    model: Input[Model],
+    train_set: Input[Dataset],
+    test_set: Input[Dataset],
+    model_name: str,
+    version: str,
+    dataset_spec: str,
+    gate_policy: str,
+    min_roc_auc: float,
+    max_p99_latency_ms: float,
+    max_regression: float,
+    metrics: Output[Metrics],
+    roc: Output[ClassificationMetrics],
+    report: Output[HTML],
+    model_card: Output[Markdown],
+    verdict: Output[Markdown],
+    pipeline_run: str = "",
+) -> bool:
     """Judge the version by its gate policy (thresholds, latency, slices, champion); baseline beside it. Returns the gate.
 
     `gate_policy` names the policy file (empty: the one beside the dataset spec); a non-negative
@@ -94,8 +145,24 @@ def evaluate_op(model: Input[Model], train_set: Input[Dataset], test_set: Input[
     """
     from components.evaluation.step import evaluate_step
 
-    return evaluate_step(model, train_set, test_set, model_name, version, dataset_spec, gate_policy, min_roc_auc, max_p99_latency_ms, max_regression,
-                         metrics, roc, report, model_card, verdict=verdict, pipeline_run=pipeline_run)
+    return evaluate_step(
+        model,
+        train_set,
+        test_set,
+        model_name,
+        version,
+        dataset_spec,
+        gate_policy,
+        min_roc_auc,
+        max_p99_latency_ms,
+        max_regression,
+        metrics,
+        roc,
+        report,
+        model_card,
+        verdict=verdict,
+        pipeline_run=pipeline_run,
+    )
 
 
 @_component
@@ -110,9 +177,22 @@ def deploy_op(model: Input[Model], test_set: Input[Dataset], model_name: str, ve
 
 
 @_component
-def drift_op(model_name: str, window_hours: float, psi_warn: float, psi_alert: float, ks_alpha: float, ks_min_d: float,
-             null_delta: float, min_rows: int, cooldown_hours: float, labels_uri: str, pushgateway_url: str,
-             report: Output[HTML], metrics: Output[Metrics], drift: Output[Artifact]) -> bool:
+def drift_op(
+    model_name: str,
+    window_hours: float,
+    psi_warn: float,
+    psi_alert: float,
+    ks_alpha: float,
+    ks_min_d: float,
+    null_delta: float,
+    min_rows: int,
+    cooldown_hours: float,
+    labels_uri: str,
+    pushgateway_url: str,
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    drift: Output[Artifact],
+) -> bool:
     """Served traffic of the window vs the champion's training profile. Returns whether to retrain now.
 
     A single bool output: kfp.local resolves a condition on a task's `Output` (see pipelines/ops.py).
@@ -123,16 +203,25 @@ def drift_op(model_name: str, window_hours: float, psi_warn: float, psi_alert: f
     from components.monitoring.step import drift_step
 
     setup_logging()
-    thresholds = Thresholds(psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha, ks_min_d=ks_min_d,
-                            null_delta=null_delta, min_rows=int(min_rows))
-    config = MonitorConfig(model_name=model_name, window_hours=window_hours, cooldown_hours=cooldown_hours,
-                           thresholds=thresholds, labels_uri=labels_uri)
+    thresholds = Thresholds(
+        psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha, ks_min_d=ks_min_d, null_delta=null_delta, min_rows=int(min_rows)
+    )
+    config = MonitorConfig(
+        model_name=model_name, window_hours=window_hours, cooldown_hours=cooldown_hours, thresholds=thresholds, labels_uri=labels_uri
+    )
     return drift_step(config, pushgateway_url, report, metrics, drift)
 
 
 @_component
-def retrain_op(cooldown_hours: float, drift: Input[Artifact], training_arguments: str, kfp_host: str, kfp_namespace: str,
-               training_package: str, decision: Output[Markdown]) -> str:
+def retrain_op(
+    cooldown_hours: float,
+    drift: Input[Artifact],
+    training_arguments: str,
+    kfp_host: str,
+    kfp_namespace: str,
+    training_package: str,
+    decision: Output[Markdown],
+) -> str:
     """Start the training pipeline unless a retraining started within the cooldown; returns the action taken.
 
     The trigger is built here and handed to the step: the monitor never imports the pipelines it starts.

@@ -7,7 +7,7 @@ build the training pipeline: run it here with kfp.local, or compile it and creat
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,17 @@ def start_kfp_training(payload: dict[str, Any]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="training-package-") as tmp:
         package = payload["package"]
-        path = storage.local_copy(package, tmp) if package else compile_package(str(Path(tmp) / "training.yaml"), get_settings().step_image or None)
+        path = (
+            storage.local_copy(package, tmp)
+            if package
+            else compile_package(str(Path(tmp) / "training.yaml"), get_settings().step_image or None)
+        )
         client = kfp_client(payload["host"], payload["namespace"])
-        run = client.create_run_from_pipeline_package(path, arguments=payload["arguments"], experiment_name=payload["experiment"],
-                                                      run_name=f"retrain-drift-{datetime.now(timezone.utc):%Y%m%d-%H%M}",
-                                                      namespace=payload["namespace"])
+        run = client.create_run_from_pipeline_package(
+            path,
+            arguments=payload["arguments"],
+            experiment_name=payload["experiment"],
+            run_name=f"retrain-drift-{datetime.now(UTC):%Y%m%d-%H%M}",
+            namespace=payload["namespace"],
+        )
     return {"run": str(run.run_id)}

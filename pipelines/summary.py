@@ -18,6 +18,7 @@ def fail(message: str) -> int:
 
 # --- the local run as a person reads it: a line per step, then a short summary ---------------------------
 
+
 def _count(value: Any) -> str:
     try:
         return f"{int(float(value)):,}"
@@ -36,8 +37,10 @@ def describe_step(max_epochs: int | None) -> Any:
         if task == "ingest-op":
             raw = artifact_metadata(where, "raw")
             files = int(raw.get("files", 0))
-            return (f"{_count(raw.get('rows'))} rows from {files} file{'s' if files != 1 else ''} ({raw.get('new_files', '?')} new), "
-                    f"dataset version {str(raw.get('dataset_fingerprint', '?'))[:12]}")
+            return (
+                f"{_count(raw.get('rows'))} rows from {files} file{'s' if files != 1 else ''} ({raw.get('new_files', '?')} new), "
+                f"dataset version {str(raw.get('dataset_fingerprint', '?'))[:12]}"
+            )
         if task == "validate-op":
             m = artifact_metadata(where, "metrics")
             return f"{_count(m.get('valid'))} valid, {_count(m.get('quarantined'))} quarantined ({float(m.get('bad_fraction', 0)):.1%})"
@@ -109,18 +112,25 @@ def _gate_lines(gate: dict[str, Any], version: str, max_reasons: int = 8) -> lis
     def row(label: str, values: dict[str, Any] | None, note: str = "") -> str:
         if not values:
             return f"  {label:<16}{'-':>9}{'-':>9}{'-':>9}{'-':>9}  {note}".rstrip()
-        cells = "".join(f"{float(values[k]):9.4f}" if isinstance(values.get(k), (int, float)) else f"{'-':>9}"
-                        for k in ("roc_auc", "pr_auc", "brier", "ece"))
+        cells = "".join(
+            f"{float(values[k]):9.4f}" if isinstance(values.get(k), (int, float)) else f"{'-':>9}"
+            for k in ("roc_auc", "pr_auc", "brier", "ece")
+        )
         return f"  {label:<16}{cells}  {note}".rstrip()
 
     policy = gate.get("policy") or {}
     champion = gate.get("champion")
-    lines = [f"Gate: {'PASSED' if gate['passed'] else 'FAILED'} (policy version {policy.get('version', '?')})",
-             f"  {'':<16}{'ROC-AUC':>9}{'PR-AUC':>9}{'Brier':>9}{'ECE':>9}",
-             row(f"model v{version}", gate.get("metrics")),
-             row("baseline", gate.get("baseline"), str((gate.get("baseline") or {}).get("kind", ""))),
-             row(f"champion v{champion['version']}" if champion and champion.get("version") else "champion", champion,
-                 "" if champion else "none yet: judged on the policy's thresholds alone")]
+    lines = [
+        f"Gate: {'PASSED' if gate['passed'] else 'FAILED'} (policy version {policy.get('version', '?')})",
+        f"  {'':<16}{'ROC-AUC':>9}{'PR-AUC':>9}{'Brier':>9}{'ECE':>9}",
+        row(f"model v{version}", gate.get("metrics")),
+        row("baseline", gate.get("baseline"), str((gate.get("baseline") or {}).get("kind", ""))),
+        row(
+            f"champion v{champion['version']}" if champion and champion.get("version") else "champion",
+            champion,
+            "" if champion else "none yet: judged on the policy's thresholds alone",
+        ),
+    ]
     if champion and champion.get("comparable") is False:
         lines.append(f"  (the champion is not comparable: {champion.get('why', '?')})")
     reasons = list(gate.get("reasons") or [])
@@ -187,8 +197,10 @@ def run_summary(run: Any) -> str:
     from components.core import paths
 
     reports = Path(paths.reports_dir(settings.state_dir))
-    for task, artifact, label, name in (("validate-op", "report", "Validation report", "validation.html"),
-                                        ("evaluate-op", "report", "Evaluation report", "evaluation.html")):
+    for task, artifact, label, name in (
+        ("validate-op", "report", "Validation report", "validation.html"),
+        ("evaluate-op", "report", "Evaluation report", "evaluation.html"),
+    ):
         if run.ran(task) and run.artifact(task, artifact).exists():
             reports.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run.artifact(task, artifact), reports / name)
@@ -205,12 +217,16 @@ def run_summary(run: Any) -> str:
         quarantine = run.metadata("validate-op", "quarantine")
         rows = run.metadata("validate-op", "metrics").get("rows")
         where = quarantine.get("store") or run.artifact("validate-op", "quarantine")
-        lines.append(f"{'Quarantined rows:':<20} {_count(quarantine.get('rows'))} of {_count(rows)} in {where} (Parquet, with the failed expectations)")
+        lines.append(
+            f"{'Quarantined rows:':<20} {_count(quarantine.get('rows'))} of {_count(rows)} in {where} (Parquet, with the failed expectations)"
+        )
     lines += mlflow_lines(settings, client, run_id)
     if run.ran("deploy-op"):
         deployed = run.metadata("deploy-op", "deployment")
         curl = next((line for line in run.artifact("deploy-op", "deployment").read_text().splitlines() if line.startswith("curl ")), None)
-        lines.append(f"{'Served:':<20} {run.output('train-op', 'model_name')} v{deployed.get('version', '?')} at {deployed.get('url', '?')}")
+        lines.append(
+            f"{'Served:':<20} {run.output('train-op', 'model_name')} v{deployed.get('version', '?')} at {deployed.get('url', '?')}"
+        )
         if curl:
             lines.append(f"{'Try it:':<20} {curl}")
         lines.append(f"{'Stop the server:':<20} make stop   (or: mlwf stop)")
@@ -222,13 +238,20 @@ def run_summary(run: Any) -> str:
 def monitor_summary(run: Any) -> str:
     drift = json.loads(run.artifact("drift-op", "drift").read_text())
     summary = drift["summary"]
-    lines = [f"\nMonitoring run finished in {run.seconds:.1f}s: {summary['rows']} served rows of {drift['service']} "
-             f"against champion v{drift['champion_version']}", "",
-             f"  {'feature':<18} {'PSI':>8} {'KS D':>7} {'KS crit':>8}  level"]
+    lines = [
+        f"\nMonitoring run finished in {run.seconds:.1f}s: {summary['rows']} served rows of {drift['service']} "
+        f"against champion v{drift['champion_version']}",
+        "",
+        f"  {'feature':<18} {'PSI':>8} {'KS D':>7} {'KS crit':>8}  level",
+    ]
     for f in [*summary["features"], *([summary["prediction"]] if summary["prediction"] else [])]:
         ks = f"{f['ks_d']:7.3f} {f['ks_critical']:8.3f}" if f["ks_d"] is not None else f"{'-':>7} {'-':>8}"
         lines.append(f"  {f['feature']:<18} {f['psi']:8.3f} {ks}  {f['level']}{'  <- ' + '; '.join(f['reasons']) if f['reasons'] else ''}")
-    verdict = "insufficient data" if summary["insufficient"] else ("DRIFT ALERT: " + ", ".join(summary["drifted"]) if summary["alert"] else "no drift alert")
+    verdict = (
+        "insufficient data"
+        if summary["insufficient"]
+        else ("DRIFT ALERT: " + ", ".join(summary["drifted"]) if summary["alert"] else "no drift alert")
+    )
     lines += ["", f"{'Verdict:':<20} {verdict}", f"{'Drift report:':<20} {run.artifact('drift-op', 'report')}"]
     if getattr(run, "logs_dir", None):
         lines.append(f"{'Step logs:':<20} {run.logs_dir}/ ({', '.join(s.log.name for s in run.steps)})")

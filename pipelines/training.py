@@ -5,10 +5,10 @@ runs. Cluster-only wiring (settings from a ConfigMap, credentials from Secrets, 
 retries) compiles into the package and is ignored by the local runner.
 """
 
-
 import inspect
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kfp import dsl, kubernetes
 
@@ -96,8 +96,11 @@ def gpu_placement_arguments(gpu_count: int, settings: Any = None) -> dict[str, A
     from components.core.settings import get_settings
 
     settings = settings or get_settings()
-    return {"gpu_count": gpu_count, "gpu_tolerations": list(settings.gpu_tolerations),
-            "gpu_node_selector": dict(settings.gpu_node_selector) if gpu_count > 0 else {}}
+    return {
+        "gpu_count": gpu_count,
+        "gpu_tolerations": list(settings.gpu_tolerations),
+        "gpu_node_selector": dict(settings.gpu_node_selector) if gpu_count > 0 else {},
+    }
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Validate, featurize, train, gate and canary-deploy a tabular classifier.")
@@ -112,8 +115,8 @@ def training_pipeline(
     max_p99_latency_ms: float = -1.0,
     max_regression: float = -1.0,
     gpu_count: int = 1,
-    gpu_tolerations: list = [],
-    gpu_node_selector: dict = {},
+    gpu_tolerations: list = [],  # noqa: B006  (KFP compiles a pipeline parameter's default from a literal)
+    gpu_node_selector: dict = {},  # noqa: B006
     train_nodes: int = 1,
     gpus_per_node: int = 1,
 ) -> None:
@@ -144,14 +147,10 @@ def training_pipeline(
             Trainer TrainJob of this many nodes; needs the state store on s3://.
         gpus_per_node: GPUs on each TrainJob node; used only when train_nodes > 1.
     """
-    ingest = cluster_wiring(
-        ingest_op(dataset_spec=dataset_spec, source_uri=source_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), retries=2
-    )
+    ingest = cluster_wiring(ingest_op(dataset_spec=dataset_spec, source_uri=source_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), retries=2)
     # Never cached: a directory or prefix gains files under the same URI; ingest itself skips what it has seen.
     ingest.set_display_name("ingest").set_caching_options(False).set_cpu_limit("1").set_memory_limit("4G")
-    validate = cluster_wiring(
-        validate_op(dataset_spec=dataset_spec, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, raw=ingest.outputs["raw"])
-    )
+    validate = cluster_wiring(validate_op(dataset_spec=dataset_spec, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, raw=ingest.outputs["raw"]))
     validate.set_display_name("validate").set_cpu_limit("2").set_memory_limit("8G")
     features = cluster_wiring(features_op(dataset_spec=dataset_spec, valid=validate.outputs["valid"]), retries=2)
     features.set_display_name("features").set_cpu_limit("2").set_memory_limit("8G")

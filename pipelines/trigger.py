@@ -30,11 +30,13 @@ def _outside_kfp_runtime(function: str, payload: dict[str, Any]) -> dict[str, An
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
-    code = (f"import json, sys\nfrom pipelines.start_training import {function} as start\n"
-            f"print({_RESULT!r} + json.dumps(start(json.load(sys.stdin))), flush=True)")
+    code = (
+        f"import json, sys\nfrom pipelines.start_training import {function} as start\n"
+        f"print({_RESULT!r} + json.dumps(start(json.load(sys.stdin))), flush=True)"
+    )
     root = str(Path(__file__).resolve().parent.parent)
     proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True, env=env, cwd=root)
-    results = [line[len(_RESULT):] for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
+    results = [line[len(_RESULT) :] for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
     # The training's own log (kfp.local prints each step's output on stdout) stays visible in this step's log.
     sys.stderr.write("".join(line for line in proc.stdout.splitlines(keepends=True) if not line.startswith(_RESULT)))
     sys.stderr.write(proc.stderr)

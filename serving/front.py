@@ -31,7 +31,7 @@ from kserve.metrics import PREDICT_HIST_TIME
 
 from components.features.online import FeatureStoreUnavailable
 from serving import binary
-from serving.model import BundleModel, v1_response
+from serving.model import BundleModel, v1_body
 from serving.observability import multiprocess_dir, multiprocess_exposition
 from serving.requests import Batch, RequestError, Schema, parse_v1
 from serving.v2 import parse_v2, response_body
@@ -172,7 +172,7 @@ class FrontApp:
                     model.name, model.version, scored.request_id, batch, scored.probabilities, scored.labels
                 )
             else:
-                payload = orjson.dumps(v1_response(scored, model.version))
+                payload = v1_body(scored, model.version)
         except ClientGone:
             return
         except HTTPError as err:

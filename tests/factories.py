@@ -12,7 +12,10 @@ from components.core.spec import CategoricalFeature, DatasetSpec, NumericFeature
 
 # The columns of `synthetic()`, as a dataset spec would declare them.
 SYNTHETIC_SPEC = DatasetSpec(
-    name="synthetic", label="y", positive="1", negative="0",
+    name="synthetic",
+    label="y",
+    positive="1",
+    negative="0",
     numeric=(NumericFeature("x1"), NumericFeature("x2", nullable=True)),
     categorical=(CategoricalFeature("colour", values=("red", "green", "blue")),),
     description="Two numbers and a colour.",
@@ -27,7 +30,12 @@ def synthetic(n: int = 1500, seed: int = 0) -> pd.DataFrame:
     logit = 2 * x1 + (colour == "red") * 1.5 - 1.0
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int8")
     x2[::50] = np.nan  # missing values are imputed inside the program
-    return pd.DataFrame({
-        "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
-        "x1": x1, "x2": x2, "colour": colour, "label": y,
-    })
+    return pd.DataFrame(
+        {
+            "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
+            "x1": x1,
+            "x2": x2,
+            "colour": colour,
+            "label": y,
+        }
+    )

@@ -79,8 +79,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class KubeStub:
-    def __init__(self, mode: str = "knative", ready_after: int = 2, canary_never_ready: bool = False,
-                 canary_fails: bool = False, conflict_once: str | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "knative",
+        ready_after: int = 2,
+        canary_never_ready: bool = False,
+        canary_fails: bool = False,
+        conflict_once: str | None = None,
+    ) -> None:
         if mode not in ("knative", "standard"):
             raise ValueError(f"mode must be knative or standard, got {mode!r}")
         isvc_validator()  # fail at construction, loudly, when the schema is missing
@@ -173,16 +179,23 @@ class KubeStub:
         if record.method != "GET":
             expected = CONTENT_TYPES[record.method]
             if record.content_type != expected:
-                return self._reject(record, 415, "UnsupportedMediaType",
-                                    f"{record.method} needs Content-Type {expected}, got {record.content_type}")
+                return self._reject(
+                    record, 415, "UnsupportedMediaType", f"{record.method} needs Content-Type {expected}, got {record.content_type}"
+                )
             try:
                 record.body = json.loads(record.raw)
             except ValueError as err:
                 return self._reject(record, 400, "BadRequest", f"body is not JSON: {err}")
             if self.conflict_once == record.method:
                 self.conflict_once = None
-                return 409, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict",
-                             "message": "the object has been modified; please apply your changes to the latest version", "code": 409}
+                return 409, {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "Conflict",
+                    "message": "the object has been modified; please apply your changes to the latest version",
+                    "code": 409,
+                }
         if record.method == "POST":
             name = (record.body.get("metadata") or {}).get("name") or ""
             if (record.body.get("metadata") or {}).get("namespace") not in (None, namespace):
@@ -191,14 +204,24 @@ class KubeStub:
         current = self.objects.get(key)
         if record.method == "GET":
             if current is None:
-                return 404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
-                             "message": f'inferenceservices.serving.kserve.io "{name}" not found'}
+                return 404, {
+                    "kind": "Status",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                    "message": f'inferenceservices.serving.kserve.io "{name}" not found',
+                }
             self._tick(key)
             return 200, copy.deepcopy(self.objects[key])
         if record.method == "POST":
             if current is not None:
-                return 409, {"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409,
-                             "message": f'inferenceservices.serving.kserve.io "{name}" already exists'}
+                return 409, {
+                    "kind": "Status",
+                    "status": "Failure",
+                    "reason": "AlreadyExists",
+                    "code": 409,
+                    "message": f'inferenceservices.serving.kserve.io "{name}" already exists',
+                }
             new = copy.deepcopy(record.body)
             new.pop("status", None)
             new["metadata"] |= {"namespace": namespace, "generation": 1, "uid": f"uid-{name}"}
@@ -208,8 +231,13 @@ class KubeStub:
         if record.method == "PUT":
             sent = (record.body.get("metadata") or {}).get("resourceVersion")
             if sent != current["metadata"]["resourceVersion"]:
-                return 409, {"kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409,
-                             "message": f"resourceVersion {sent} is stale"}
+                return 409, {
+                    "kind": "Status",
+                    "status": "Failure",
+                    "reason": "Conflict",
+                    "code": 409,
+                    "message": f"resourceVersion {sent} is stale",
+                }
             new = {**copy.deepcopy(record.body), "status": copy.deepcopy(current.get("status", {}))}
         else:
             new = merge_patch(current, record.body)
@@ -248,8 +276,11 @@ class KubeStub:
     def _reconcile(self, obj: dict[str, Any], controller: _Controller) -> None:
         name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
         spec, status = obj["spec"], obj["status"]
-        status.update(observedGeneration=obj["metadata"]["generation"], url=f"http://{name}.{namespace}.example.com",
-                      address={"url": f"http://{name}-predictor.{namespace}.svc.cluster.local"})
+        status.update(
+            observedGeneration=obj["metadata"]["generation"],
+            url=f"http://{name}.{namespace}.example.com",
+            address={"url": f"http://{name}-predictor.{namespace}.svc.cluster.local"},
+        )
         conditions = [{"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}]
         predictor = spec["predictor"]
         if self.mode == "knative":
@@ -264,21 +295,33 @@ class KubeStub:
                 controller.latest_ready = created
             percent = predictor.get("canaryTrafficPercent")
             if percent is not None and controller.rolled_out is not None:
-                traffic = [{"tag": "latest", "latestRevision": True, "revisionName": controller.latest_ready, "percent": percent},
-                           {"tag": "prev", "latestRevision": False, "revisionName": controller.rolled_out, "percent": 100 - percent}]
+                traffic = [
+                    {"tag": "latest", "latestRevision": True, "revisionName": controller.latest_ready, "percent": percent},
+                    {"tag": "prev", "latestRevision": False, "revisionName": controller.rolled_out, "percent": 100 - percent},
+                ]
             else:
                 if controller.rolled_out != controller.latest_ready:
                     controller.previous_rolled_out, controller.rolled_out = controller.rolled_out, controller.latest_ready
                 traffic = [{"latestRevision": True, "revisionName": controller.latest_ready, "percent": 100}]
-            components = {"latestCreatedRevision": created, "latestReadyRevision": controller.latest_ready,
-                          "latestRolledoutRevision": controller.rolled_out, "traffic": traffic,
-                          "url": f"http://{name}-predictor.{namespace}.example.com"}
+            components = {
+                "latestCreatedRevision": created,
+                "latestReadyRevision": controller.latest_ready,
+                "latestRolledoutRevision": controller.rolled_out,
+                "traffic": traffic,
+                "url": f"http://{name}-predictor.{namespace}.example.com",
+            }
             if controller.previous_rolled_out:
                 components["previousRolledoutRevision"] = controller.previous_rolled_out
             status["components"] = {"predictor": components}
             if broken and self.canary_fails:
-                status["modelStatus"] = {"transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": {
-                    "reason": "ModelLoadFailed", "message": "bundle failed its sha256 check", "modelRevisionName": created}}
+                status["modelStatus"] = {
+                    "transitionStatus": "BlockedByFailedLoad",
+                    "lastFailureInfo": {
+                        "reason": "ModelLoadFailed",
+                        "message": "bundle failed its sha256 check",
+                        "modelRevisionName": created,
+                    },
+                }
             else:
                 status.pop("modelStatus", None)
         else:
@@ -290,10 +333,18 @@ class KubeStub:
                 broken = self._broken(canary["predictor"]["model"].get("storageUri"), serving_uri)
                 model_status: dict[str, Any] = {"transitionStatus": "InProgress" if broken else "UpToDate"}
                 if broken and self.canary_fails:
-                    model_status = {"transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": {
-                        "reason": "ModelLoadFailed", "message": "bundle failed its sha256 check"}}
-                statuses.append({"name": f"{name}-predictor-canary-{index}", "ready": not broken,
-                                 "trafficPercent": canary["trafficPercent"], "modelStatus": model_status})
+                    model_status = {
+                        "transitionStatus": "BlockedByFailedLoad",
+                        "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "bundle failed its sha256 check"},
+                    }
+                statuses.append(
+                    {
+                        "name": f"{name}-predictor-canary-{index}",
+                        "ready": not broken,
+                        "trafficPercent": canary["trafficPercent"],
+                        "modelStatus": model_status,
+                    }
+                )
             if statuses:
                 status["canaryStatuses"] = statuses
                 ready = "True" if all(s["ready"] for s in statuses) else "False"

@@ -19,10 +19,11 @@ import json
 import os
 import pickle
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -166,8 +167,9 @@ def load(directory: str | Path) -> Bundle:
         except pickle.UnpicklingError as err:
             lines = str(err).splitlines()
             reason = next((line.strip() for line in lines if "Unsupported" in line), lines[0] if lines else "").split(". ")[0]
-            raise BundleError(f"{PROGRAM} in {root} holds objects the safe loader refuses (only tensors and plain "
-                              f"containers are allowed): {reason}") from err
+            raise BundleError(
+                f"{PROGRAM} in {root} holds objects the safe loader refuses (only tensors and plain containers are allowed): {reason}"
+            ) from err
     return Bundle(directory=root, signature=signature, profile=profile, program=program)
 
 

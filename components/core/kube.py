@@ -16,7 +16,8 @@ def custom_objects_api(api_client: Any = None, error: type[Exception] = RuntimeE
             try:
                 config.load_kube_config()
             except (config.ConfigException, OSError) as kubeconfig:
-                raise error(f"no Kubernetes credentials{purpose}: in-cluster config failed "
-                            f"({in_cluster}) and kubeconfig failed ({kubeconfig})") from kubeconfig
+                raise error(
+                    f"no Kubernetes credentials{purpose}: in-cluster config failed ({in_cluster}) and kubeconfig failed ({kubeconfig})"
+                ) from kubeconfig
         api_client = client.ApiClient()
     return client.CustomObjectsApi(api_client)

@@ -97,8 +97,14 @@ def find_rows(info: dict[str, Any], entity_column: str, key: str) -> list[dict[s
             continue
         hits = snap[snap[entity_column].astype(str) == key]
         for _, row in hits.iterrows():
-            found.append({"file": f["uri"], "sha256": f["sha256"], "source_line": int(row["source_line"]),
-                          "row": {k: (None if pd.isna(v) else str(v)) for k, v in row.items()}})
+            found.append(
+                {
+                    "file": f["uri"],
+                    "sha256": f["sha256"],
+                    "source_line": int(row["source_line"]),
+                    "row": {k: (None if pd.isna(v) else str(v)) for k, v in row.items()},
+                }
+            )
     return found
 
 
@@ -146,8 +152,16 @@ def describe_model(ref: str) -> dict[str, Any]:
         signature = {}
     dataset = signature.get("dataset") or tags.get("mlwf.dataset")
     fingerprint = signature.get("dataset_fingerprint") or tags.get("mlwf.dataset_fingerprint")
-    info: dict[str, Any] = {"model": mv.name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
-                            "tags": tags, "bundle_lineage": signature, "dataset": dataset, "dataset_fingerprint": fingerprint}
+    info: dict[str, Any] = {
+        "model": mv.name,
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "tags": tags,
+        "bundle_lineage": signature,
+        "dataset": dataset,
+        "dataset_fingerprint": fingerprint,
+    }
     try:
         info["dataset_version"] = describe_dataset(settings.state_dir, str(dataset), str(fingerprint)) if dataset and fingerprint else None
     except LineageError as err:
@@ -175,10 +189,12 @@ def format_dataset(info: dict[str, Any]) -> str:
 
 
 def format_model(info: dict[str, Any]) -> str:
-    lines = [f"model {info['model']} version {info['version']} (run {info['run_id']})",
-             f"  bundle        {info['source']}",
-             f"  code version  {info['tags'].get('mlflow.source.git.commit', info['bundle_lineage'].get('code_version', '?'))}",
-             f"  trained on    dataset {info['dataset']} version {str(info['dataset_fingerprint'])[:16]}"]
+    lines = [
+        f"model {info['model']} version {info['version']} (run {info['run_id']})",
+        f"  bundle        {info['source']}",
+        f"  code version  {info['tags'].get('mlflow.source.git.commit', info['bundle_lineage'].get('code_version', '?'))}",
+        f"  trained on    dataset {info['dataset']} version {str(info['dataset_fingerprint'])[:16]}",
+    ]
     if info.get("dataset_version"):
         lines.append(format_dataset(info["dataset_version"]))
     else:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 MAX_CELL_CHARS = 300  # a hostile or broken value can be megabytes long; the report shows its start and its length
 
@@ -94,8 +95,13 @@ def _cell(value: Any, default_cls: str, head: bool = False) -> Html:
     return tag("th" if head else "td", value, cls)
 
 
-def table(header: Sequence[Any], rows: Iterable[Sequence[Any]], row_classes: Sequence[str] | None = None,
-          numeric: Iterable[int] = (), caption: Any = None) -> Html:
+def table(
+    header: Sequence[Any],
+    rows: Iterable[Sequence[Any]],
+    row_classes: Sequence[str] | None = None,
+    numeric: Iterable[int] = (),
+    caption: Any = None,
+) -> Html:
     """A table; every cell escaped unless Html. `numeric`: column positions right-aligned as numbers."""
     right = set(numeric)
     head = "".join(_cell(h, "num" if i in right else "", head=True) for i, h in enumerate(header))
@@ -125,10 +131,11 @@ def banner(status: str, title: Any, lines: Iterable[Any] = ()) -> Html:
 
 def page(title: str, *parts: Any) -> str:
     """A whole, self-contained HTML document."""
-    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(esc(p) for p in parts) + "\n</body></html>\n")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(esc(p) for p in parts) + "\n</body></html>\n"
+    )
 
 
 def count(n: int) -> str:

@@ -17,10 +17,11 @@ import os
 import random
 import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -36,12 +37,24 @@ def _default(value: Any) -> Any:
     return item() if callable(item) else str(value)
 
 
-def encode(ts: str, request_id: str, model: str, version: str, features: dict[str, Any], probability: float,
-           label: int, entity: str | None) -> bytes:
+def encode(
+    ts: str, request_id: str, model: str, version: str, features: dict[str, Any], probability: float, label: int, entity: str | None
+) -> bytes:
     """One request-log line (no newline). NaN and infinities become null: JSON has no NaN."""
-    return orjson.dumps({"ts": ts, "request_id": request_id, "model": model, "version": version, "features": features,
-                         "probability": probability, "label": label, "entity": entity},
-                        default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(
+        {
+            "ts": ts,
+            "request_id": request_id,
+            "model": model,
+            "version": version,
+            "features": features,
+            "probability": probability,
+            "label": label,
+            "entity": entity,
+        },
+        default=_default,
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
 
 @dataclass
@@ -67,17 +80,24 @@ class RequestLogWriter:
         self._rng = random.Random()
         self._file_lock = threading.Lock()
 
-    def log(self, rows: Iterable[dict[str, Any]], probabilities: Iterable[float], labels: Iterable[int], version: str,
-            request_id: str, entities: Iterable[str | None] | None = None, now: datetime | None = None) -> None:
-        at = now or datetime.now(timezone.utc)
+    def log(
+        self,
+        rows: Iterable[dict[str, Any]],
+        probabilities: Iterable[float],
+        labels: Iterable[int],
+        version: str,
+        request_id: str,
+        entities: Iterable[str | None] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        at = now or datetime.now(UTC)
         ts = at.isoformat()
         entity_list = list(entities) if entities is not None else None
         lines = []
         for i, (row, p, lab) in enumerate(zip(rows, probabilities, labels)):
             if self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
                 continue
-            lines.append(encode(ts, request_id, self.model, version, row, float(p), int(lab),
-                                entity_list[i] if entity_list else None))
+            lines.append(encode(ts, request_id, self.model, version, row, float(p), int(lab), entity_list[i] if entity_list else None))
         self.append(lines, at)
 
     def append(self, lines: list[bytes], at: datetime) -> None:
@@ -85,7 +105,7 @@ class RequestLogWriter:
         flush_every is None."""
         if not lines:
             return
-        utc = at.astimezone(timezone.utc)
+        utc = at.astimezone(UTC)
         key = f"date={utc:%Y-%m-%d}/hour={utc:%H}"
         with self._lock:
             self._buffer.setdefault(key, []).extend(lines)
@@ -108,8 +128,9 @@ class RequestLogWriter:
         part = f"{key}/{self._writer_id}.jsonl"
         if storage.is_s3(self.root):
             # S3 has no append: each flush is its own object.
-            storage.write_bytes(storage.join(self.root, self.model, part.replace(".jsonl", f"-{uuid.uuid4().hex[:8]}.jsonl")),
-                                b"\n".join(lines) + b"\n")
+            storage.write_bytes(
+                storage.join(self.root, self.model, part.replace(".jsonl", f"-{uuid.uuid4().hex[:8]}.jsonl")), b"\n".join(lines) + b"\n"
+            )
             return
         path = Path(self.root, self.model, part)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -133,9 +133,7 @@ def parse_spec(data: Any) -> DatasetSpec:
     features = data.get("features") or {}
     _check_keys("features", features, {"numeric", "categorical"})
     numeric = tuple(_numeric(n, o) for n, o in _feature_items("features.numeric", features.get("numeric")))
-    categorical = tuple(
-        _categorical(n, o) for n, o in _feature_items("features.categorical", features.get("categorical"))
-    )
+    categorical = tuple(_categorical(n, o) for n, o in _feature_items("features.categorical", features.get("categorical")))
     if not numeric and not categorical:
         raise SpecError("features: at least one numeric or categorical feature is required")
     validation = data.get("validation") or {}
@@ -185,9 +183,7 @@ def _numeric(name: str, opts: dict[str, Any]) -> NumericFeature:
 def _categorical(name: str, opts: dict[str, Any]) -> CategoricalFeature:
     _check_keys(f"features.categorical.{name}", opts, {"values", "nullable"})
     values = opts.get("values")
-    return CategoricalFeature(
-        name, None if values is None else tuple(str(v) for v in values), bool(opts.get("nullable", False))
-    )
+    return CategoricalFeature(name, None if values is None else tuple(str(v) for v in values), bool(opts.get("nullable", False)))
 
 
 def _check_names(spec: DatasetSpec) -> None:
@@ -219,8 +215,10 @@ def bundled_spec_path(name: str) -> Path:
     path = _bundled_dir() / f"{name}.yaml"
     if name not in bundled_specs() or not path.exists():
         known = bundled_specs()
-        raise SpecError(f"no bundled dataset spec named {name!r}{did_you_mean([name], known)}; the bundled ones are "
-                        f"{', '.join(known) or 'none'}; or give the path of a YAML spec (see README.md, 'Bring your own data')")
+        raise SpecError(
+            f"no bundled dataset spec named {name!r}{did_you_mean([name], known)}; the bundled ones are "
+            f"{', '.join(known) or 'none'}; or give the path of a YAML spec (see README.md, 'Bring your own data')"
+        )
     return path
 
 

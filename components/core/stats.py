@@ -41,8 +41,15 @@ def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[
     for b in range(bins):
         mask = which == b
         if mask.any():
-            out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "rows": int(mask.sum()),
-                        "predicted": float(p[mask].mean()), "observed": float(y[mask].mean())})
+            out.append(
+                {
+                    "lower": float(edges[b]),
+                    "upper": float(edges[b + 1]),
+                    "rows": int(mask.sum()),
+                    "predicted": float(p[mask].mean()),
+                    "observed": float(y[mask].mean()),
+                }
+            )
     return out
 
 

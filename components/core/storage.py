@@ -13,8 +13,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ def create_once(uri: str, data: bytes) -> bool:
             s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
-                    err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or err.response.get("ResponseMetadata", {}).get(
+                "HTTPStatusCode"
+            ) in (409, 412):
                 return False
             raise
         return True

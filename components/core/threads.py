@@ -50,9 +50,7 @@ def quota_v2(cpu_max: str | os.PathLike[str] = CGROUP_V2_CPU_MAX) -> int | None:
     return max(1, math.ceil(quota / period))
 
 
-def quota_v1(
-    quota_file: str | os.PathLike[str] | None = None, period_file: str | os.PathLike[str] | None = None
-) -> int | None:
+def quota_v1(quota_file: str | os.PathLike[str] | None = None, period_file: str | os.PathLike[str] | None = None) -> int | None:
     """CPUs allowed by a cgroup v1 CFS quota (cpu.cfs_quota_us = -1 means no limit), or None."""
     if quota_file is None:
         for directory in CGROUP_V1_DIRS:

@@ -68,7 +68,9 @@ def code_version() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -124,6 +126,7 @@ def download_bundle(client: Any, version: Any, target: str) -> str:
 
 # --- names and links that say what a run is ---------------------------------------------------------------
 
+
 def pipeline_run_id(value: str) -> str:
     """The KFP run id a step was given, or "" when there is none (a direct call) or the runner left the
     placeholder unresolved: a tag or link built from `{{$.pipeline_job_uuid}}` would lead nowhere."""
@@ -178,7 +181,7 @@ def with_evaluation(description: str, evaluation: str) -> str:
     text = f"{head}\n\n{evaluation.strip()}" if head else evaluation.strip()
     if len(text) > DESCRIPTION_LIMIT:
         cut = "\n… (cut to fit the registry; every check is in the run's evaluation/gate.json)"
-        text = text[:DESCRIPTION_LIMIT - len(cut)].rsplit("\n", 1)[0] + cut
+        text = text[: DESCRIPTION_LIMIT - len(cut)].rsplit("\n", 1)[0] + cut
     return text
 
 

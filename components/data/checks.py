@@ -8,7 +8,7 @@ the way GX's pandas engine does. gx.py checks that every mask agrees with GX's o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -129,7 +129,7 @@ def prepare(spec: DatasetSpec, raw: pd.DataFrame, now: datetime | None = None) -
             raise ValidationFailed(f"{int((codes < 0).sum())} row(s) have no ingestion time")
         df[AS_OF] = bounds.take(codes)
     else:  # a frame that did not come through ingest: the caller's clock is the bound
-        df[AS_OF] = pd.Timestamp(now or datetime.now(timezone.utc)).tz_convert("UTC").as_unit("ns") + CLOCK_SKEW
+        df[AS_OF] = pd.Timestamp(now or datetime.now(UTC)).tz_convert("UTC").as_unit("ns") + CLOCK_SKEW
     df[LABEL + RAW] = _labels(raw[spec.label]).array
     for f in spec.numeric:
         text = _text(raw[f.name]).reset_index(drop=True)
@@ -226,8 +226,21 @@ MASKS = {
     "expect_column_pair_values_a_to_be_greater_than_b": _mask_pair_greater,
 }
 # kwargs that change which rows GX counts; an expectation using others has no vectorized twin here
-_ROW_KWARGS = {"column", "column_list", "column_A", "column_B", "regex", "value_set", "min_value", "max_value",
-               "strict_min", "strict_max", "or_equal", "ignore_row_if", "mostly"}
+_ROW_KWARGS = {
+    "column",
+    "column_list",
+    "column_A",
+    "column_B",
+    "regex",
+    "value_set",
+    "min_value",
+    "max_value",
+    "strict_min",
+    "strict_max",
+    "or_equal",
+    "ignore_row_if",
+    "mostly",
+}
 
 
 def has_twin(exp: dict[str, Any], frame: pd.DataFrame) -> bool:
@@ -237,8 +250,11 @@ def has_twin(exp: dict[str, Any], frame: pd.DataFrame) -> bool:
     if exp["type"] == "expect_column_values_to_be_between":
         kw = exp["kwargs"]
         col = kw.get("column")
-        return col in frame.columns and pd.api.types.is_numeric_dtype(frame[col].dtype) and (
-            kw.get("min_value") is not None or kw.get("max_value") is not None)
+        return (
+            col in frame.columns
+            and pd.api.types.is_numeric_dtype(frame[col].dtype)
+            and (kw.get("min_value") is not None or kw.get("max_value") is not None)
+        )
     return True
 
 
@@ -247,4 +263,3 @@ def row_mask(p: Prepared, exp: dict[str, Any]) -> np.ndarray | None:
     if not has_twin(exp, p.frame):
         return None
     return MASKS[exp["type"]](p, exp["kwargs"])
-

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,8 +96,10 @@ def run_gx(df: pd.DataFrame, expectations: list[dict[str, Any]], complete: set[s
     for n, (cols, exps, full) in enumerate(_batches(expectations, complete)):
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            raise ValidationFailed(f"expectation(s) {[expectation_id(e) for e in exps]} name column(s) {missing} "
-                                   f"that the prepared rows lack; they have: {list(df.columns)}")
+            raise ValidationFailed(
+                f"expectation(s) {[expectation_id(e) for e in exps]} name column(s) {missing} "
+                f"that the prepared rows lack; they have: {list(df.columns)}"
+            )
         suite = gx.ExpectationSuite(name=f"group-{n}")
         for exp in exps:
             suite.add_expectation_configuration(ExpectationConfiguration(type=exp["type"], kwargs=exp["kwargs"]))
@@ -120,8 +123,9 @@ def run_gx(df: pd.DataFrame, expectations: list[dict[str, Any]], complete: set[s
             if full:
                 index = np.asarray(sorted({int(i) for i in res.result.get("unexpected_index_list") or []}), dtype=np.int64)
             count = res.result.get("unexpected_count")
-            verdicts[expectation_id(exp)] = GxVerdict(bool(res.success), None if count is None else int(count),
-                                                      list(res.result.get("partial_unexpected_list") or []), index)
+            verdicts[expectation_id(exp)] = GxVerdict(
+                bool(res.success), None if count is None else int(count), list(res.result.get("partial_unexpected_list") or []), index
+            )
     return verdicts
 
 
@@ -153,7 +157,9 @@ def gx_in_background(p: Prepared, expectations: list[dict[str, Any]], complete: 
         yield pool.submit(run_gx, p.frame, expectations, complete)
 
 
-def cross_check(p: Prepared, expectations: list[dict[str, Any]], masks: dict[str, np.ndarray | None], verdicts: dict[str, GxVerdict]) -> None:
+def cross_check(
+    p: Prepared, expectations: list[dict[str, Any]], masks: dict[str, np.ndarray | None], verdicts: dict[str, GxVerdict]
+) -> None:
     """Every vectorized mask must flag exactly as many rows as GX counts unexpected, and its first rows
     must hold the values GX lists first (GX reports them in row order); else ValidationFailed."""
     for exp in expectations:
@@ -163,14 +169,18 @@ def cross_check(p: Prepared, expectations: list[dict[str, Any]], masks: dict[str
             continue
         positions = np.flatnonzero(mask)
         if verdict.unexpected_count != len(positions):
-            raise ValidationFailed(f"row masks and GX disagree on {exp_id}: GX counts {verdict.unexpected_count} "
-                                   f"unexpected rows, the vectorized check {len(positions)}")
+            raise ValidationFailed(
+                f"row masks and GX disagree on {exp_id}: GX counts {verdict.unexpected_count} "
+                f"unexpected rows, the vectorized check {len(positions)}"
+            )
         cols = expectation_columns(exp)
         if len(cols) == 1 and verdict.partial:
             ours = p.frame[cols[0]].iloc[positions[: len(verdict.partial)]].tolist()
             if not _same_values(verdict.partial, ours):
-                raise ValidationFailed(f"row masks and GX disagree on {exp_id}: GX's first unexpected values "
-                                       f"{verdict.partial[:5]} are not the masked rows' {ours[:5]}")
+                raise ValidationFailed(
+                    f"row masks and GX disagree on {exp_id}: GX's first unexpected values "
+                    f"{verdict.partial[:5]} are not the masked rows' {ours[:5]}"
+                )
 
 
 def check_rows(p: Prepared, expectations: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, GxVerdict]]:
@@ -201,4 +211,3 @@ def failing_rows(ids: list[str], masks: dict[str, np.ndarray | None], verdicts: 
             index = verdicts[i].index if verdicts else None
             out[i] = index if index is not None else np.zeros(0, dtype=np.int64)
     return out
-

@@ -19,7 +19,7 @@ import io
 import json
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -101,7 +101,7 @@ def _list_s3(source: str) -> list[SourceFile]:
         return [SourceFile(source, int(head["ContentLength"]), str(head.get("ETag", "")))]
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            name = obj["Key"][len(prefix):]
+            name = obj["Key"][len(prefix) :]
             if not name or not all(_is_data_name(part) for part in name.split("/")):
                 continue
             if not name.lower().endswith(DATA_SUFFIXES):
@@ -175,9 +175,7 @@ def _check_field_counts(text: str, source: str) -> None:
         expected = len(header)
         for fields in reader:
             if len(fields) != expected and fields:
-                raise IngestError(
-                    f"unreadable CSV {source}: line {reader.line_num} has {len(fields)} field(s), the header has {expected}"
-                )
+                raise IngestError(f"unreadable CSV {source}: line {reader.line_num} has {len(fields)} field(s), the header has {expected}")
     except csv.Error as err:
         raise IngestError(f"unreadable CSV {source}: line {reader.line_num}: {err}") from err
 
@@ -186,8 +184,9 @@ def _check_columns(spec: DatasetSpec, df: pd.DataFrame, source: str) -> pd.DataF
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in spec.source_columns if c not in df.columns]
     if missing:
-        raise IngestError(f"the spec names column(s) the data lacks: {missing}{did_you_mean(missing, df.columns)}; "
-                          f"{source} has {list(df.columns)[:20]}")
+        raise IngestError(
+            f"the spec names column(s) the data lacks: {missing}{did_you_mean(missing, df.columns)}; {source} has {list(df.columns)[:20]}"
+        )
     return df
 
 
@@ -267,7 +266,7 @@ def _first_seen(state_dir: str, fingerprint: str, run_id: str) -> tuple[str, str
     kept in the state store so that a rerun on the same file gives the same values (idempotency).
     """
     path = paths.first_seen_path(state_dir, fingerprint)
-    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     record = lineage.write_once(path, {"ingested_at": now, "run_id": run_id})
     return str(record["ingested_at"]), str(record.get("run_id", "unknown"))
 
@@ -278,8 +277,9 @@ def _to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str, run_id: str = "local",
-           suite_version: str | None = None) -> IngestResult:
+def ingest(
+    spec: DatasetSpec, source: str, out_path: str, state_dir: str, run_id: str = "local", suite_version: str | None = None
+) -> IngestResult:
     """Ingest new or changed files of `source`; write the union of all its files' rows to `out_path` (Parquet).
 
     Nothing is recorded before every file has been read and checked: a bad file stops the run with a
@@ -332,8 +332,17 @@ def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str, run_id
         if spec.timestamp is None:
             snap[EVENT_TIMESTAMP] = ingested_at
         parts.append(snap)
-        records.append({"uri": f.uri, "sha256": sha, "size": f.size, "rows": len(snap), "ingested_at": ingested_at,
-                        "first_run_id": first_run, "snapshot": _snapshot_path(state_dir, spec, sha)})
+        records.append(
+            {
+                "uri": f.uri,
+                "sha256": sha,
+                "size": f.size,
+                "rows": len(snap),
+                "ingested_at": ingested_at,
+                "first_run_id": first_run,
+                "snapshot": _snapshot_path(state_dir, spec, sha),
+            }
+        )
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     if out.empty:
         raise IngestError(f"dataset has no rows (header-only files?): {source}")
@@ -343,16 +352,36 @@ def ingest(spec: DatasetSpec, source: str, out_path: str, state_dir: str, run_id
     fingerprint = lineage.dataset_fingerprint([(r["uri"], r["sha256"]) for r in records], suite_version, code)
     from components.data.suite import spec_fingerprint
 
-    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    lineage.write_once(paths.manifest_path(state_dir, spec.name, fingerprint), {
-        "format": lineage.MANIFEST_FORMAT, "dataset": spec.name, "dataset_fingerprint": fingerprint, "source": source,
-        "rows": len(out), "files": records, "suite_version": suite_version, "spec_sha256": spec_fingerprint(spec),
-        "code_version": code, "run_id": run_id, "created_at": now, "duplicate_files": duplicates,
-    })
+    now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    lineage.write_once(
+        paths.manifest_path(state_dir, spec.name, fingerprint),
+        {
+            "format": lineage.MANIFEST_FORMAT,
+            "dataset": spec.name,
+            "dataset_fingerprint": fingerprint,
+            "source": source,
+            "rows": len(out),
+            "files": records,
+            "suite_version": suite_version,
+            "spec_sha256": spec_fingerprint(spec),
+            "code_version": code,
+            "run_id": run_id,
+            "created_at": now,
+            "duplicate_files": duplicates,
+        },
+    )
     lineage.write_json(paths.latest_path(state_dir, spec.name), {"dataset_fingerprint": fingerprint, "run_id": run_id, "at": now})
-    cache.update({r["uri"]: {"size": r["size"], "stamp": f.stamp, "sha256": r["sha256"], "rows": r["rows"]}
-                  for (f, _), r in zip(chosen, records)})
+    cache.update(
+        {r["uri"]: {"size": r["size"], "stamp": f.stamp, "sha256": r["sha256"], "rows": r["rows"]} for (f, _), r in zip(chosen, records)}
+    )
     lineage.write_json(_cache_path(state_dir, spec.name), cache)
-    return IngestResult(rows=len(out), fingerprint=fingerprint, source=source,
-                        ingested_at=max(r["ingested_at"] for r in records), files=records,
-                        new_files=new_files, skipped_files=skipped, duplicate_files=duplicates)
+    return IngestResult(
+        rows=len(out),
+        fingerprint=fingerprint,
+        source=source,
+        ingested_at=max(r["ingested_at"] for r in records),
+        files=records,
+        new_files=new_files,
+        skipped_files=skipped,
+        duplicate_files=duplicates,
+    )

@@ -41,4 +41,3 @@ class ValidationOutcome:
     @property
     def bad_fraction(self) -> float:
         return len(self.quarantined) / self.rows if self.rows else 0.0
-

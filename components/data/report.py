@@ -81,13 +81,14 @@ def describe(spec: DatasetSpec, exp: dict[str, Any]) -> str:
         return "must be unique together: one row each"
     if kind == "expect_column_pair_values_a_to_be_greater_than_b":
         if kw.get("column_A") == AS_OF:
-            return (f"must not be later than its file's first ingestion "
-                    f"(+{int(CLOCK_SKEW.total_seconds() // 60)} min clock skew): no timestamps in the future")
+            return (
+                f"must not be later than its file's first ingestion "
+                f"(+{int(CLOCK_SKEW.total_seconds() // 60)} min clock skew): no timestamps in the future"
+            )
         sign = "≥" if kw.get("or_equal") else ">"
         return f"{user_column(spec, kw['column_A'])} must be {sign} {user_column(spec, kw['column_B'])}"
     # a hand-added expectation: its type and arguments, columns by the user's names
-    args = ", ".join(f"{k}={user_column(spec, v) if k.startswith('column') and isinstance(v, str) else v}"
-                     for k, v in sorted(kw.items()))
+    args = ", ".join(f"{k}={user_column(spec, v) if k.startswith('column') and isinstance(v, str) else v}" for k, v in sorted(kw.items()))
     return f"{kind}({args})"
 
 
@@ -111,8 +112,14 @@ def _example_table(spec: DatasetSpec, exp: dict[str, Any], rows: list[dict[str, 
         columns.append(EVENT_TIMESTAMP)
     columns += [spec.label, *spec.feature_names]
     header = ["file", "line", *[Cell(user_column(spec, c), "bad" if c in failing else "") for c in columns]]
-    body = [[code(row.get(SOURCE_FILE) or source), Cell(row.get(SOURCE_LINE), "num"),
-             *[Cell(value_text(row.get(c)), "bad" if c in failing else "") for c in columns]] for row in rows]
+    body = [
+        [
+            code(row.get(SOURCE_FILE) or source),
+            Cell(row.get(SOURCE_LINE), "num"),
+            *[Cell(value_text(row.get(c)), "bad" if c in failing else "") for c in columns],
+        ]
+        for row in rows
+    ]
     return table(header, body)
 
 
@@ -126,21 +133,38 @@ def report_html(spec: DatasetSpec, outcome: ValidationOutcome, source: str, line
     def label(exp: dict[str, Any]) -> str:
         return ", ".join(_columns_of(spec, exp)) or "(whole row)"
 
-    lines: list[Any] = [(
-        f"{count(valid)} of {count(rows)} rows valid; {count(quarantined)} quarantined ({_pct(outcome.bad_fraction)}), "
-        f"{'within' if within else 'above'} the limit of {_pct(spec.max_bad_fraction)}"
-        f"{'.' if within else ': the run stops here and no model is trained on this data.'}"
-    )]
+    lines: list[Any] = [
+        (
+            f"{count(valid)} of {count(rows)} rows valid; {count(quarantined)} quarantined ({_pct(outcome.bad_fraction)}), "
+            f"{'within' if within else 'above'} the limit of {_pct(spec.max_bad_fraction)}"
+            f"{'.' if within else ': the run stops here and no model is trained on this data.'}"
+        )
+    ]
     if failed:
         worst = sorted(failed, key=lambda ie: -outcome.failures[expectation_id(ie[1])])[:3]
-        lines.append("Most failures: " + "; ".join(
-            f"{label(exp)} {describe(spec, exp)} ({count(outcome.failures[expectation_id(exp)])} rows)" for _, exp in worst) + ".")
+        lines.append(
+            "Most failures: "
+            + "; ".join(f"{label(exp)} {describe(spec, exp)} ({count(outcome.failures[expectation_id(exp)])} rows)" for _, exp in worst)
+            + "."
+        )
     head = banner(status, f"Validation of {spec.name}: {'FAIL' if status == 'fail' else 'PASS'}", lines)
 
-    intro = tag("p", join(["Source: ", code(source), "; suite version ", code(outcome.suite_version),
-                           (f". Every row was checked against {len(outcome.suite)} expectations by Great Expectations; the failing "
-                            "rows per check agree exactly with GX's own unexpected counts. A row that fails any check is "
-                            "quarantined with its reasons; the rest go on.")]))
+    intro = tag(
+        "p",
+        join(
+            [
+                "Source: ",
+                code(source),
+                "; suite version ",
+                code(outcome.suite_version),
+                (
+                    f". Every row was checked against {len(outcome.suite)} expectations by Great Expectations; the failing "
+                    "rows per check agree exactly with GX's own unexpected counts. A row that fails any check is "
+                    "quarantined with its reasons; the rest go on."
+                ),
+            ]
+        ),
+    )
 
     check_rows, classes = [], []
     for i, exp in enumerate(outcome.suite):
@@ -159,21 +183,44 @@ def report_html(spec: DatasetSpec, outcome: ValidationOutcome, source: str, line
         exp_id = expectation_id(exp)
         shown = outcome.examples.get(exp_id, [])
         title = tag("h3", f"{label(exp)}: {describe(spec, exp)}", id=f"check-{i}")
-        note = tag("p", f"{count(outcome.failures[exp_id])} rows fail this check"
-                        + (f"; the first {len(shown)} in input order:" if shown else "."), "note")
+        note = tag(
+            "p",
+            f"{count(outcome.failures[exp_id])} rows fail this check" + (f"; the first {len(shown)} in input order:" if shown else "."),
+            "note",
+        )
         examples.append(Html(title + note + (_example_table(spec, exp, shown, source) if shown else "")))
     store = (lineage or {}).get("quarantine_store")
-    where = tag("p", join(["Every quarantined row, with the checks it failed, its source file and line and the run id, is in ",
-                           code(store), "."]), "note") if store else ""
-    line_note = tag("p", "line: the line in the CSV file (the header is line 1); for a Parquet file, the row's position "
-                         "counted from 0. The highlighted cell is the value the check is about.", "note")
+    where = (
+        tag(
+            "p",
+            join(["Every quarantined row, with the checks it failed, its source file and line and the run id, is in ", code(store), "."]),
+            "note",
+        )
+        if store
+        else ""
+    )
+    line_note = tag(
+        "p",
+        "line: the line in the CSV file (the header is line 1); for a Parquet file, the row's position "
+        "counted from 0. The highlighted cell is the value the check is about.",
+        "note",
+    )
 
-    files = table(["file", "rows", "valid", "quarantined"],
-                  [[code(f["file"]), count(f["rows"]), count(f["valid"]), count(f["quarantined"])] for f in outcome.per_file],
-                  ["fail" if f["quarantined"] else "" for f in outcome.per_file], numeric=[1, 2, 3])
-    return page(f"Validation: {spec.name}",
-                head, intro,
-                tag("h2", "Checks"), checks,
-                *([tag("h2", "Failing rows"), line_note, where, *examples] if failed else []),
-                tag("h2", "Input files"), files,
-                tag("h2", "Lineage"), key_values(lineage or {}))
+    files = table(
+        ["file", "rows", "valid", "quarantined"],
+        [[code(f["file"]), count(f["rows"]), count(f["valid"]), count(f["quarantined"])] for f in outcome.per_file],
+        ["fail" if f["quarantined"] else "" for f in outcome.per_file],
+        numeric=[1, 2, 3],
+    )
+    return page(
+        f"Validation: {spec.name}",
+        head,
+        intro,
+        tag("h2", "Checks"),
+        checks,
+        *([tag("h2", "Failing rows"), line_note, where, *examples] if failed else []),
+        tag("h2", "Input files"),
+        files,
+        tag("h2", "Lineage"),
+        key_values(lineage or {}),
+    )

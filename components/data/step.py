@@ -29,17 +29,35 @@ def ingest_step(dataset_spec: str, source_uri: str, raw: Any, run_id: str = "loc
     spec = load_spec(dataset_spec)
     suite = load_suite(spec, dataset_spec)  # missing or stale: fail before reading anything
     result = ingest(spec, source_uri, raw.path, get_settings().state_dir, run_id=run_id, suite_version=suite.version)
-    raw.metadata.update({
-        "rows": result.rows, "source": source_uri, "dataset_fingerprint": result.fingerprint, "sha256": result.fingerprint,
-        "suite_version": suite.version, "ingested_at": result.ingested_at, "run_id": run_id, "files": len(result.files),
-        "new_files": len(result.new_files), "skipped_files": len(result.skipped_files), "duplicate_files": len(result.duplicate_files),
-    })
+    raw.metadata.update(
+        {
+            "rows": result.rows,
+            "source": source_uri,
+            "dataset_fingerprint": result.fingerprint,
+            "sha256": result.fingerprint,
+            "suite_version": suite.version,
+            "ingested_at": result.ingested_at,
+            "run_id": run_id,
+            "files": len(result.files),
+            "new_files": len(result.new_files),
+            "skipped_files": len(result.skipped_files),
+            "duplicate_files": len(result.duplicate_files),
+        }
+    )
     for dup in result.duplicate_files:
         log.warning("ingest: %s has the same content as another input file: left out", dup)
-    log.info("ingest: %d rows from %d file(s) of %s (%d new, %d unchanged and skipped), dataset version %s in %.1fs",
-             result.rows, len(result.files), source_uri, len(result.new_files), len(result.skipped_files),
-             result.fingerprint[:16], time.perf_counter() - started)
+    log.info(
+        "ingest: %d rows from %d file(s) of %s (%d new, %d unchanged and skipped), dataset version %s in %.1fs",
+        result.rows,
+        len(result.files),
+        source_uri,
+        len(result.new_files),
+        len(result.skipped_files),
+        result.fingerprint[:16],
+        time.perf_counter() - started,
+    )
     return result.rows, result.fingerprint
+
 
 def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quarantine: Any, report: Any, metrics: Any) -> int:
     setup_logging()
@@ -65,12 +83,20 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
     manifest = lineage.manifest(state, spec.name, fingerprint)
     # The run that first validated each file under this suite is written on its quarantined rows, so a
     # rerun on the same input writes byte-identical records.
-    run_ids = {f["uri"]: str(lineage.write_once(paths.first_validation_run_path(state, spec.name, suite.version, f["sha256"]),
-                                                {"run_id": run_id})["run_id"]) for f in manifest["files"]}
+    run_ids = {
+        f["uri"]: str(
+            lineage.write_once(paths.first_validation_run_path(state, spec.name, suite.version, f["sha256"]), {"run_id": run_id})["run_id"]
+        )
+        for f in manifest["files"]
+    }
     outcome = validate(spec, frame, run_id=run_id, source=source, suite=suite, run_ids=run_ids)
     record = {
-        "dataset": spec.name, "dataset_fingerprint": fingerprint, "suite_version": suite.version,
-        "spec_sha256": suite.spec_sha256, "code_version": manifest["code_version"], "first_run_id": manifest["run_id"],
+        "dataset": spec.name,
+        "dataset_fingerprint": fingerprint,
+        "suite_version": suite.version,
+        "spec_sha256": suite.spec_sha256,
+        "code_version": manifest["code_version"],
+        "first_run_id": manifest["run_id"],
         "files": [{"uri": f["uri"], "sha256": f["sha256"], "rows": f["rows"]} for f in manifest["files"]],
     }
     valid_bytes = storage.to_parquet_bytes(outcome.valid_table, {"mlwf.lineage": json.dumps(record, sort_keys=True)})
@@ -81,14 +107,29 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
     storage.write_bytes(store_path, quarantined)
     storage.write_bytes(quarantine.path, quarantined)
     storage.write_bytes(valid.path, valid_bytes)
-    storage.write_bytes(report.path, report_html(spec, outcome, source, {**record, "run_id": run_id, "quarantine_store": store_path}).encode())
-    lineage.write_once(paths.validation_path(state, spec.name, fingerprint), {
-        **{k: v for k, v in record.items() if k != "files"}, "rows": outcome.rows, "valid": outcome.valid_table.num_rows,
-        "quarantined": len(outcome.quarantined), "failures": outcome.failures, "quarantine_store": store_path,
-        "valid_sha256": hashlib.sha256(valid_bytes).hexdigest(), "run_id": run_id,
-    })
-    values = {"rows": outcome.rows, "valid": outcome.valid_table.num_rows, "quarantined": len(outcome.quarantined),
-              "bad_fraction": outcome.bad_fraction, "files": len(manifest["files"])}
+    storage.write_bytes(
+        report.path, report_html(spec, outcome, source, {**record, "run_id": run_id, "quarantine_store": store_path}).encode()
+    )
+    lineage.write_once(
+        paths.validation_path(state, spec.name, fingerprint),
+        {
+            **{k: v for k, v in record.items() if k != "files"},
+            "rows": outcome.rows,
+            "valid": outcome.valid_table.num_rows,
+            "quarantined": len(outcome.quarantined),
+            "failures": outcome.failures,
+            "quarantine_store": store_path,
+            "valid_sha256": hashlib.sha256(valid_bytes).hexdigest(),
+            "run_id": run_id,
+        },
+    )
+    values = {
+        "rows": outcome.rows,
+        "valid": outcome.valid_table.num_rows,
+        "quarantined": len(outcome.quarantined),
+        "bad_fraction": outcome.bad_fraction,
+        "files": len(manifest["files"]),
+    }
     values.update({f"failed.{k}": v for k, v in outcome.failures.items()})
     log_metrics(metrics, values)
     lineage_meta = {**{k: v for k, v in record.items() if k != "files"}, "run_id": run_id, "input_files": json.dumps(record["files"])}
@@ -97,6 +138,11 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
     warning = enforce_threshold(spec, outcome)  # raises above the limit, after the quarantine is safely written
     if warning:
         log.warning("validate: %s; see %s", warning, store_path)
-    log.info("validate: %d valid, %d quarantined (suite %s) in %.1fs", outcome.valid_table.num_rows, len(outcome.quarantined),
-             suite.version, time.perf_counter() - started)
+    log.info(
+        "validate: %d valid, %d quarantined (suite %s) in %.1fs",
+        outcome.valid_table.num_rows,
+        len(outcome.quarantined),
+        suite.version,
+        time.perf_counter() - started,
+    )
     return int(outcome.valid_table.num_rows)

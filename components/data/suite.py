@@ -78,12 +78,10 @@ def expectation_id(exp: dict[str, Any]) -> str:
     return f"{exp['type']}({col.removesuffix(RAW)})"
 
 
-
 def expectation_columns(exp: dict[str, Any]) -> list[str]:
     kw = exp["kwargs"]
     cols = [kw.get("column"), kw.get("column_A"), kw.get("column_B"), *kw.get("column_list", [])]
     return [c for c in cols if c]
-
 
 
 def _exp(type_: str, why: str, **kwargs: Any) -> dict[str, Any]:
@@ -103,27 +101,38 @@ def derive_expectations(spec: DatasetSpec) -> list[dict[str, Any]]:
         _exp(
             "expect_column_pair_values_a_to_be_greater_than_b",
             f"event time after the file was first ingested (+{int(CLOCK_SKEW.total_seconds())}s skew): a timestamp in the future",
-            column_A=AS_OF, column_B=EVENT_TIMESTAMP, or_equal=True, ignore_row_if="either_value_is_missing",
+            column_A=AS_OF,
+            column_B=EVENT_TIMESTAMP,
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
         ),
         _exp("expect_column_values_to_not_be_null", "label missing", column=LABEL + RAW),
     ]
     if spec.negative is not None:
         allowed = [canonical_label(spec.positive), canonical_label(spec.negative)]
-        exps.append(_exp("expect_column_values_to_be_in_set", "label is neither the positive nor the negative class",
-                         column=LABEL + RAW, value_set=allowed))
+        exps.append(
+            _exp(
+                "expect_column_values_to_be_in_set",
+                "label is neither the positive nor the negative class",
+                column=LABEL + RAW,
+                value_set=allowed,
+            )
+        )
     for f in spec.numeric:
         if not f.nullable:
             exps.append(_exp("expect_column_values_to_not_be_null", "value missing", column=f.name + RAW))
         exps.append(_exp("expect_column_values_to_match_regex", "not a number", column=f.name + RAW, regex=NUMBER_PATTERN))
         if f.min is not None or f.max is not None:
-            exps.append(_exp("expect_column_values_to_be_between", "outside the spec's range",
-                             column=f.name, min_value=f.min, max_value=f.max))
+            exps.append(
+                _exp("expect_column_values_to_be_between", "outside the spec's range", column=f.name, min_value=f.min, max_value=f.max)
+            )
     for c in spec.categorical:
         if not c.nullable:
             exps.append(_exp("expect_column_values_to_not_be_null", "value missing", column=c.name))
         if c.values is not None:
-            exps.append(_exp("expect_column_values_to_be_in_set", "category not in the spec's list",
-                             column=c.name, value_set=list(c.values)))
+            exps.append(
+                _exp("expect_column_values_to_be_in_set", "category not in the spec's list", column=c.name, value_set=list(c.values))
+            )
     return exps
 
 
@@ -214,8 +223,10 @@ def load_suite(spec: DatasetSpec, spec_ref: str) -> Suite:
         raise SuiteError(f"suite {path} is stale: the spec changed since it was written: {fix}")
     expected = derive_expectations(spec)
     if doc.get("expectations") != expected:
-        raise SuiteError(f"suite {path} is stale: its generated expectations differ from what this version of mlwf "
-                         f"derives from the spec (edited by hand? put your own in `custom`): {fix}")
+        raise SuiteError(
+            f"suite {path} is stale: its generated expectations differ from what this version of mlwf "
+            f"derives from the spec (edited by hand? put your own in `custom`): {fix}"
+        )
     custom = list(doc.get("custom") or [])
     if doc.get("suite_version") != _suite_version(expected, custom):
         raise SuiteError(f"suite {path} was edited since it was versioned (suite_version does not match its content): {fix}")
@@ -233,4 +244,3 @@ def _check_custom(custom: list[dict[str, Any]], path: str) -> None:
             ExpectationConfiguration(type=exp["type"], kwargs=exp["kwargs"])
         except Exception as err:  # GX raises several types for an unknown or malformed expectation
             raise SuiteError(f"suite {path}: custom expectation {exp['type']!r} is not a valid GX expectation: {err}") from err
-

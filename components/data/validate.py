@@ -69,8 +69,16 @@ def validate(
     return outcome
 
 
-def _outcome(spec: DatasetSpec, suite: Suite, raw: pd.DataFrame, df: pd.DataFrame, failing: dict[str, np.ndarray],
-             run_id: str, source: str, run_ids: dict[str, str] | None) -> ValidationOutcome:
+def _outcome(
+    spec: DatasetSpec,
+    suite: Suite,
+    raw: pd.DataFrame,
+    df: pd.DataFrame,
+    failing: dict[str, np.ndarray],
+    run_id: str,
+    source: str,
+    run_ids: dict[str, str] | None,
+) -> ValidationOutcome:
     bad = np.zeros(len(df), dtype=bool)
     for positions in failing.values():
         bad[positions] = True
@@ -87,9 +95,14 @@ def _outcome(spec: DatasetSpec, suite: Suite, raw: pd.DataFrame, df: pd.DataFram
     # Explicit object dtypes throughout: GX may be running with pandas' `future.infer_string` on.
     bad_raw = raw.iloc[bad_positions].drop(columns=[c for c in (SOURCE_FILE, INGESTED_AT) if c in raw.columns])
     index = pd.RangeIndex(len(bad_positions))
-    columns = {c: pd.Series(_object_text(bad_raw[c].array) if bad_raw[c].dtype == TEXT or bad_raw[c].dtype == object
-                            else bad_raw[c].to_numpy(), index=index, dtype=None if bad_raw[c].dtype.kind in "iufb" else object)
-               for c in bad_raw.columns}
+    columns = {
+        c: pd.Series(
+            _object_text(bad_raw[c].array) if bad_raw[c].dtype == TEXT or bad_raw[c].dtype == object else bad_raw[c].to_numpy(),
+            index=index,
+            dtype=None if bad_raw[c].dtype.kind in "iufb" else object,
+        )
+        for c in bad_raw.columns
+    }
     bad_files = _object_text(files.iloc[bad_positions].array) if has_files else np.full(len(bad_positions), source, dtype=object)
     columns["failed_expectations"] = pd.Series(["; ".join(r) for r in reasons], index=index, dtype=object)
     columns["source"] = pd.Series(bad_files, index=index, dtype=object)
@@ -169,10 +182,12 @@ def check_conservation(raw: pd.DataFrame, outcome: ValidationOutcome, source: st
 
     valid = outcome.valid_table
     keys_in = refs(files_in, raw[SOURCE_LINE].to_numpy())
-    keys_out = np.concatenate([
-        refs(valid.column(SOURCE_FILE).combine_chunks(), valid.column(SOURCE_LINE).to_numpy()),
-        refs(outcome.quarantined["source"].to_numpy(dtype=object), outcome.quarantined[SOURCE_LINE].to_numpy()),
-    ])
+    keys_out = np.concatenate(
+        [
+            refs(valid.column(SOURCE_FILE).combine_chunks(), valid.column(SOURCE_LINE).to_numpy()),
+            refs(outcome.quarantined["source"].to_numpy(dtype=object), outcome.quarantined[SOURCE_LINE].to_numpy()),
+        ]
+    )
     duplicated_in, same = _compare_refs(keys_in, keys_out, len(names))
     if duplicated_in:
         raise ValidationFailed("the input has two rows with the same source file and line")

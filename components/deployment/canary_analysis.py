@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -56,8 +56,9 @@ class Prometheus:
         import requests
 
         try:
-            response = requests.get(f"{self.url.rstrip('/')}/api/v1/query", params={"query": promql, "time": f"{at:.3f}"},
-                                    timeout=REQUEST_TIMEOUT)
+            response = requests.get(
+                f"{self.url.rstrip('/')}/api/v1/query", params={"query": promql, "time": f"{at:.3f}"}, timeout=REQUEST_TIMEOUT
+            )
         except requests.RequestException as err:
             raise DeployError(f"Prometheus at {self.url} unreachable for {promql!r}: {err}") from err
         try:
@@ -65,8 +66,10 @@ class Prometheus:
         except ValueError:
             body = {}
         if response.status_code != 200 or body.get("status") != "success":
-            raise DeployError(f"Prometheus refused {promql!r}: HTTP {response.status_code} "
-                              f"{body.get('errorType', '')} {body.get('error', response.text[:200])}".strip())
+            raise DeployError(
+                f"Prometheus refused {promql!r}: HTTP {response.status_code} "
+                f"{body.get('errorType', '')} {body.get('error', response.text[:200])}".strip()
+            )
         data = body["data"]
         if data.get("resultType") != "vector":
             raise DeployError(f"Prometheus answered {promql!r} with a {data.get('resultType')}, expected a vector")
@@ -99,9 +102,15 @@ class ClusterAnalyzer:
         # increase() extrapolates to the window's edges, so counts come back fractional.
         requests = int(round(total))
         errors = min(requests, max(int(round(total - ok)), 0))
-        logs = request_log.read_window(self.log_root, self.model, datetime.fromtimestamp(end - window_s, timezone.utc),
-                                       datetime.fromtimestamp(end, timezone.utc))
+        logs = request_log.read_window(
+            self.log_root, self.model, datetime.fromtimestamp(end - window_s, UTC), datetime.fromtimestamp(end, UTC)
+        )
         mine = logs[logs["version"].astype(str) == version] if len(logs) else logs
         predictions = mine["probability"].to_numpy(dtype=np.float64) if len(mine) else np.empty(0)
-        return Observation(requests, errors, None if p99 is None else p99 * 1000.0, predictions,
-                           source=f"prometheus {self.prometheus.url} + request logs {self.log_root}")
+        return Observation(
+            requests,
+            errors,
+            None if p99 is None else p99 * 1000.0,
+            predictions,
+            source=f"prometheus {self.prometheus.url} + request logs {self.log_root}",
+        )

@@ -85,8 +85,10 @@ def upload_bundle(model_dir: str, store: str, name: str, version: str) -> str:
     if storage.exists(manifest_uri):
         if storage.read_bytes(manifest_uri) == manifest:
             return prefix  # an earlier run finished this upload (the manifest is always written last)
-        raise DeployError(f"{prefix} already holds a different bundle for version {version}: "
-                          "refusing to overwrite a model that may be serving; register a new version")
+        raise DeployError(
+            f"{prefix} already holds a different bundle for version {version}: "
+            "refusing to overwrite a model that may be serving; register a new version"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "bundle"
         shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns(bundle_lib.MANIFEST))
@@ -157,7 +159,9 @@ def _patch(api: Any, name: str, namespace: str, current: Obj, make: Callable[[Ob
     raise DeployError(f"patching InferenceService {namespace}/{name}: still conflicting after {MAX_CONFLICT_RETRIES} tries")
 
 
-def _wait(api: Any, name: str, namespace: str, verdict: Callable[[Obj], Verdict], timeout_s: float, poll_s: float) -> tuple[Obj | None, Verdict]:
+def _wait(
+    api: Any, name: str, namespace: str, verdict: Callable[[Obj], Verdict], timeout_s: float, poll_s: float
+) -> tuple[Obj | None, Verdict]:
     """Poll until the verdict is ready or failed, or the deadline passes (reported as failed)."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
@@ -181,9 +185,18 @@ def _wait(api: Any, name: str, namespace: str, verdict: Callable[[Obj], Verdict]
         time.sleep(min(poll_s, remaining))
 
 
-def deploy_cluster(model_dir: str, model_name: str, version: str, settings: Settings, api_client: Any = None,
-                   timeout_s: float = 600, poll_s: float = 2.0, analyzer: Any = None,
-                   sleep: Callable[[float], None] = time.sleep, expected_psi: float = 0.0) -> dict[str, str]:
+def deploy_cluster(
+    model_dir: str,
+    model_name: str,
+    version: str,
+    settings: Settings,
+    api_client: Any = None,
+    timeout_s: float = 600,
+    poll_s: float = 2.0,
+    analyzer: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+    expected_psi: float = 0.0,
+) -> dict[str, str]:
     """Serve the bundle in `model_dir` as `version` of `model_name`; returns url, predict_url, isvc and action.
 
     `timeout_s` bounds each wait (first rollout, each canary step, promotion); `analyzer` observes a version over
@@ -224,10 +237,21 @@ def deploy_cluster(model_dir: str, model_name: str, version: str, settings: Sett
     stable, start_percent = canary_state(mode, current, storage_uri)
     what = f"canary v{version} of {namespace}/{name}"
     log.info("%s: steps %s from %s (%s mode), stable %s", what, policy.steps, start_percent or "the start", mode, stable["storageUri"])
-    backend = ClusterCanary(api=api, name=name, namespace=namespace, mode=mode, predictor=predictor, stable=stable,
-                            stable_version=version_label(stable["storageUri"]), canary_version=version_label(model_dir),
-                            analyzer=analyzer or default_analyzer(settings, name, namespace),
-                            timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, obj=current)
+    backend = ClusterCanary(
+        api=api,
+        name=name,
+        namespace=namespace,
+        mode=mode,
+        predictor=predictor,
+        stable=stable,
+        stable_version=version_label(stable["storageUri"]),
+        canary_version=version_label(model_dir),
+        analyzer=analyzer or default_analyzer(settings, name, namespace),
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        sleep=sleep,
+        obj=current,
+    )
     report = rollout.run_rollout(backend, policy, what, start_percent=start_percent)
     out = result(backend.obj, "canary-promoted")
     out["rollout"] = report.summary()
@@ -235,6 +259,7 @@ def deploy_cluster(model_dir: str, model_name: str, version: str, settings: Sett
 
 
 # ---------------------------------------------------------------- the progressive canary on a cluster
+
 
 def version_label(bundle: str) -> str:
     """The `version` label the runtime will put on this bundle's series: from a local dir or an s3:// prefix."""
@@ -273,8 +298,9 @@ class ClusterCanary:
         return self.obj
 
     def set_traffic(self, percent: int) -> None:
-        self.obj = _patch(self.api, self.name, self.namespace, self._current(),
-                          lambda _: canary_patch(self.mode, self.predictor, percent, self.stable))
+        self.obj = _patch(
+            self.api, self.name, self.namespace, self._current(), lambda _: canary_patch(self.mode, self.predictor, percent, self.stable)
+        )
         check = knative_canary_verdict if self.mode == "knative" else standard_canary_verdict
         obj, (state, detail) = _wait(self.api, self.name, self.namespace, lambda o: check(o, percent), self.timeout_s, self.poll_s)
         if obj is not None:
@@ -291,8 +317,9 @@ class ClusterCanary:
 
     def promote(self) -> None:
         self.obj = _patch(self.api, self.name, self.namespace, self._current(), lambda cur: promote_patch(self.mode, cur))
-        obj, (state, detail) = _wait(self.api, self.name, self.namespace, lambda o: promoted_verdict(self.mode, o),
-                                     self.timeout_s, self.poll_s)
+        obj, (state, detail) = _wait(
+            self.api, self.name, self.namespace, lambda o: promoted_verdict(self.mode, o), self.timeout_s, self.poll_s
+        )
         if state != "ready" or obj is None:
             # No automatic rollback here: the old revision no longer takes traffic, and bringing it back would be
             # another untested rollout. The message says where things stand.

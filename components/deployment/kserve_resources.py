@@ -41,31 +41,35 @@ def build_predictor(storage_uri: str, version: str, digest: str, settings: Setti
     from kserve import V1beta1ModelFormat, V1beta1ModelSpec, V1beta1PredictorSpec
     from kubernetes.client import V1ResourceRequirements
 
-    return _serialize(V1beta1PredictorSpec(
-        # On the predictor, not the InferenceService: they change in the same revision as the storageUri, so every
-        # revision (and a Standard-mode canary) says what it serves, and promoting does not start another revision.
-        annotations={VERSION_ANNOTATION: str(version), DIGEST_ANNOTATION: digest},
-        service_account_name=settings.kserve_service_account,  # holds the S3 secret the storage initializer uses
-        model=V1beta1ModelSpec(
-            name="kserve-container",  # the SDK's default "" would be sent as an empty container name
-            model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION),
-            runtime=RUNTIME,
-            storage_uri=storage_uri,
-            resources=V1ResourceRequirements(**RESOURCES),
-        ),
-    ))
+    return _serialize(
+        V1beta1PredictorSpec(
+            # On the predictor, not the InferenceService: they change in the same revision as the storageUri, so every
+            # revision (and a Standard-mode canary) says what it serves, and promoting does not start another revision.
+            annotations={VERSION_ANNOTATION: str(version), DIGEST_ANNOTATION: digest},
+            service_account_name=settings.kserve_service_account,  # holds the S3 secret the storage initializer uses
+            model=V1beta1ModelSpec(
+                name="kserve-container",  # the SDK's default "" would be sent as an empty container name
+                model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION),
+                runtime=RUNTIME,
+                storage_uri=storage_uri,
+                resources=V1ResourceRequirements(**RESOURCES),
+            ),
+        )
+    )
 
 
 def build_isvc(name: str, namespace: str, predictor: Obj) -> Obj:
     from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec
     from kubernetes.client import V1ObjectMeta
 
-    return _serialize(V1beta1InferenceService(
-        api_version=f"{GROUP}/{API_VERSION}",
-        kind="InferenceService",
-        metadata=V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "mlwf"}),
-        spec=V1beta1InferenceServiceSpec(predictor=predictor),
-    ))
+    return _serialize(
+        V1beta1InferenceService(
+            api_version=f"{GROUP}/{API_VERSION}",
+            kind="InferenceService",
+            metadata=V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "mlwf"}),
+            spec=V1beta1InferenceServiceSpec(predictor=predictor),
+        )
+    )
 
 
 def storage_uri_of(predictor: Obj | None) -> str | None:
@@ -90,8 +94,15 @@ def stable_record(predictor: Obj) -> Obj:
 def canary_patch(mode: str, predictor: Obj, percent: int, stable: Obj | None = None) -> Obj:
     if mode == "knative":
         # Only what changes: a new revision gets `percent`, the last rolled-out one keeps the rest.
-        patch: Obj = {"spec": {"predictor": {"canaryTrafficPercent": percent, "annotations": predictor["annotations"],
-                                             "model": {"storageUri": storage_uri_of(predictor)}}}}
+        patch: Obj = {
+            "spec": {
+                "predictor": {
+                    "canaryTrafficPercent": percent,
+                    "annotations": predictor["annotations"],
+                    "model": {"storageUri": storage_uri_of(predictor)},
+                }
+            }
+        }
         if stable is not None:  # metadata only: it does not change the revision template
             patch["metadata"] = {"annotations": {STABLE_ANNOTATION: json.dumps(stable, sort_keys=True)}}
         return patch
@@ -231,8 +242,10 @@ def canary_state(mode: str, current: Obj, storage_uri: str) -> tuple[Obj, int | 
         return stable_record(predictor), None
     note = ((current.get("metadata") or {}).get("annotations") or {}).get(STABLE_ANNOTATION)
     if not note:
-        raise DeployError(f"the InferenceService has canaryTrafficPercent {percent} but no {STABLE_ANNOTATION} annotation: "
-                          "it was not started by this pipeline; finish or roll back that canary first")
+        raise DeployError(
+            f"the InferenceService has canaryTrafficPercent {percent} but no {STABLE_ANNOTATION} annotation: "
+            "it was not started by this pipeline; finish or roll back that canary first"
+        )
     stable = json.loads(note)
     mine = storage_uri_of(predictor) == storage_uri
     return stable, (int(percent) or None) if mine else None

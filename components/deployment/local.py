@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,17 @@ from components.core import bundle as bundle_lib
 from components.core import storage
 from components.core.paths import service_name
 from components.core.settings import Settings
+from components.deployment.processes import (
+    CANARY_RECORD,
+    SERVER_RECORD,
+    port_free,
+    read_record,
+    running,
+    smoke_test,
+    stop_local,
+    stop_record,
+    wait_ready,
+)
 from components.deployment.replay import replay_split, scrape_requests
 from components.deployment.rollout import DeployError
 
@@ -55,114 +65,20 @@ class LocalDeployment:
     percents: tuple[int, ...] = ()  # the traffic steps it went through, in order
 
 
-SERVER_RECORD, CANARY_RECORD = "server.json", "canary.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _running(record: dict[str, Any] | None) -> bool:
-    """The record's server still runs: its pid is alive and (where /proc tells) runs the recorded command.
-
-    The command check keeps a rerun from trusting, or killing, an unrelated process that reused a dead server's pid.
-    """
-    pid = int((record or {}).get("pid", 0))
-    if pid <= 0 or not _alive(pid):
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.parent.exists() and record.get("command"):  # type: ignore[union-attr]
-        try:
-            args = cmdline.read_bytes().split(b"\0")[:-1]
-        except OSError:
-            return False
-        return [a.decode(errors="replace") for a in args] == [str(c) for c in record["command"]]  # type: ignore[index]
-    return True
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def stop_local(record_path: Path, timeout: float = 10.0) -> None:
-    """Stop the server a deployment record names, if it still runs.
-
-    For a model's server.json this also stops a canary still recorded beside it (a rollout interrupted by a
-    crash), so `mlwf stop` and test clean-ups leave no server behind.
-    """
-    record = _read_record(record_path) if record_path.exists() else None
-    if record_path.name == SERVER_RECORD and (record_path.parent / CANARY_RECORD).exists():
-        canary = _read_record(record_path.parent / CANARY_RECORD) or {}
-        for extra in (canary, canary.get("previous")):
-            if extra and int(extra.get("pid", 0)) != int((record or {}).get("pid", -1)):
-                _stop(extra, timeout)
-        (record_path.parent / CANARY_RECORD).unlink(missing_ok=True)
-    if record is not None:
-        _stop(record, timeout)
-
-
-def _stop(record: dict[str, Any], timeout: float = 10.0) -> None:
-    if not _running(record):
-        return
-    pid = int(record["pid"])
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.1)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def wait_ready(base_url: str, name: str, process: subprocess.Popen[bytes] | None, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
-            raise DeployError(f"model server exited with code {process.returncode} before it was ready:\n{tail}")
-        try:
-            if requests.get(f"{base_url}/v2/models/{name}/ready", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.25)
-    raise DeployError(f"model server at {base_url} not ready after {timeout:.0f}s (log: {log_path})")
-
-
-def smoke_test(predict_url: str, instances: list[dict[str, Any]]) -> list[float]:
-    """One real prediction through HTTP; every probability must be a number in [0, 1]."""
-    response = requests.post(predict_url, json={"instances": instances}, timeout=10)
-    if response.status_code != 200:
-        raise DeployError(f"smoke prediction failed: HTTP {response.status_code}: {response.text[:300]}")
-    probs = [p["probability"] for p in response.json()["predictions"]]
-    if len(probs) != len(instances) or not all(0.0 <= p <= 1.0 for p in probs):
-        raise DeployError(f"smoke prediction returned invalid probabilities: {probs}")
-    return probs
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _start_server(name: str, model_dir: Path, host: str, port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
-    cmd = [sys.executable, "-m", "serving", "--model_name", name, "--model_dir", str(model_dir),
-           "--http_port", str(port), "--bind_host", host]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model_name",
+        name,
+        "--model_dir",
+        str(model_dir),
+        "--http_port",
+        str(port),
+        "--bind_host",
+        host,
+    ]
     project_root = str(Path(__file__).resolve().parents[2])  # the repository: components/deployment/local.py
     with open(log_path, "ab") as log_file:
         # A session of its own: the server outlives this step (the demo prints its URL) and stops as a group.
@@ -181,12 +97,25 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def _deployment(record: dict[str, Any]) -> LocalDeployment:
-    return LocalDeployment(url=record["url"], predict_url=record["predict_url"], pid=int(record["pid"]),
-                           version=str(record["version"]), model_dir=record["model_dir"])
+    return LocalDeployment(
+        url=record["url"],
+        predict_url=record["predict_url"],
+        pid=int(record["pid"]),
+        version=str(record["version"]),
+        model_dir=record["model_dir"],
+    )
 
 
-def deploy_local(model_dir: str, model_name: str, version: str, instances: list[dict[str, Any]], settings: Settings,
-                 timeout: float = 120.0, replay: list[dict[str, Any]] | None = None, expected_psi: float = 0.0) -> LocalDeployment:
+def deploy_local(
+    model_dir: str,
+    model_name: str,
+    version: str,
+    instances: list[dict[str, Any]],
+    settings: Settings,
+    timeout: float = 120.0,
+    replay: list[dict[str, Any]] | None = None,
+    expected_psi: float = 0.0,
+) -> LocalDeployment:
     """Serve `version` on 127.0.0.1: the first version directly, a later one through the progressive rollout.
 
     `instances` are the smoke-test rows; `replay` the traffic a rollout replays (default: `instances`);
@@ -205,18 +134,28 @@ def deploy_local(model_dir: str, model_name: str, version: str, instances: list[
         return _deployment(stable)
     if stable is None:
         return _first_local(name, home, target, model_dir, version, digest, instances, settings, timeout)
-    deployment, report = rollout_local(name, home, stable, canary, model_dir, version, digest, replay or instances, settings,
-                                       timeout, expected_psi)
+    deployment, report = rollout_local(
+        name, home, stable, canary, model_dir, version, digest, replay or instances, settings, timeout, expected_psi
+    )
     return dataclasses.replace(deployment, rollout=report.summary(), percents=tuple(report.percents))
 
 
-def _first_local(name: str, home: Path, target: Path, model_dir: str, version: str, digest: str,
-                 instances: list[dict[str, Any]], settings: Settings, timeout: float) -> LocalDeployment:
+def _first_local(
+    name: str,
+    home: Path,
+    target: Path,
+    model_dir: str,
+    version: str,
+    digest: str,
+    instances: list[dict[str, Any]],
+    settings: Settings,
+    timeout: float,
+) -> LocalDeployment:
     """No server runs: start this version on MLWF_SERVE_PORT and prove it answers."""
     storage.copy_dir(model_dir, str(target))
     record_path = home / SERVER_RECORD
     stop_local(record_path)
-    if not _port_free(settings.serve_host, settings.serve_port):
+    if not port_free(settings.serve_host, settings.serve_port):
         raise DeployError(f"port {settings.serve_port} on {settings.serve_host} is in use by another program; set MLWF_SERVE_PORT")
     log_path = home / "server.log"
     base_url = f"http://{settings.serve_host}:{settings.serve_port}"
@@ -228,8 +167,15 @@ def _first_local(name: str, home: Path, target: Path, model_dir: str, version: s
     except BaseException:
         _kill_group(process)
         raise
-    record = {"pid": process.pid, "url": base_url, "predict_url": predict_url, "version": version,
-              "model_dir": str(target), "command": cmd, "digest": digest}
+    record = {
+        "pid": process.pid,
+        "url": base_url,
+        "predict_url": predict_url,
+        "version": version,
+        "model_dir": str(target),
+        "command": cmd,
+        "digest": digest,
+    }
     _write_record(record_path, record)
     return _deployment(record)
 
@@ -244,30 +190,29 @@ def converge_local(home: Path, version: str, digest: str) -> tuple[dict[str, Any
     forgotten; a live canary of this very bundle is handed back so the rollout resumes at its recorded step.
     """
     server_path, canary_path = home / SERVER_RECORD, home / CANARY_RECORD
-    stable = _read_record(server_path)
-    canary = _read_record(canary_path) if canary_path.exists() else None
+    stable = read_record(server_path)
+    canary = read_record(canary_path) if canary_path.exists() else None
     if canary is not None and canary.get("promoting"):
         previous = canary.get("previous") or {}
         winner = {k: v for k, v in canary.items() if k not in ("promoting", "previous", "percent", "failures")}
-        if _running(winner):  # the canary had won: make it THE server and stop the old one
+        if running(winner):  # the canary had won: make it THE server and stop the old one
             _write_record(server_path, winner)
             if int(previous.get("pid", 0)) != int(winner["pid"]):
-                _stop(previous)
+                stop_record(previous)
             stable = winner
-        elif _running(previous):  # the winner died mid-promotion: the old one still serves
+        elif running(previous):  # the winner died mid-promotion: the old one still serves
             _write_record(server_path, previous)
             stable = previous
         canary_path.unlink(missing_ok=True)
         canary = None
     if canary is not None:
-        resumable = (_running(canary) and _running(stable) and str(canary.get("version")) == str(version)
-                     and canary.get("digest") == digest)
+        resumable = running(canary) and running(stable) and str(canary.get("version")) == str(version) and canary.get("digest") == digest
         if not resumable:
             log.info("local deploy: stopping the leftover canary v%s (pid %s)", canary.get("version"), canary.get("pid"))
-            _stop(canary)
+            stop_record(canary)
             canary_path.unlink(missing_ok=True)
             canary = None
-    if not _running(stable):
+    if not running(stable):
         stable = None
     return stable, canary
 
@@ -276,16 +221,26 @@ def _canary_port(settings: Settings, stable: dict[str, Any]) -> int:
     """The other of MLWF_SERVE_PORT and the port after it, so the served URL alternates between two known ports."""
     stable_port = int(str(stable["url"]).rsplit(":", 1)[1])
     for port in (settings.serve_port + 1, settings.serve_port):
-        if port != stable_port and _port_free(settings.serve_host, port):
+        if port != stable_port and port_free(settings.serve_host, port):
             return port
     with socket.socket() as sock:  # both taken by something else: any free port
         sock.bind((settings.serve_host, 0))
         return int(sock.getsockname()[1])
 
 
-def rollout_local(name: str, home: Path, stable: dict[str, Any], canary: dict[str, Any] | None, model_dir: str,
-                  version: str, digest: str, replay: list[dict[str, Any]], settings: Settings,
-                  timeout: float = 120.0, expected_psi: float = 0.0) -> tuple[LocalDeployment, RolloutReport]:
+def rollout_local(
+    name: str,
+    home: Path,
+    stable: dict[str, Any],
+    canary: dict[str, Any] | None,
+    model_dir: str,
+    version: str,
+    digest: str,
+    replay: list[dict[str, Any]],
+    settings: Settings,
+    timeout: float = 120.0,
+    expected_psi: float = 0.0,
+) -> tuple[LocalDeployment, RolloutReport]:
     """Canary `version` against the live `stable` server; returns the new deployment and the rollout report."""
     from components.deployment import rollout
 
@@ -303,8 +258,17 @@ def rollout_local(name: str, home: Path, stable: dict[str, Any], canary: dict[st
         base_url = f"http://{settings.serve_host}:{port}"
         log_path = home / f"canary-v{version}.log"
         process, cmd = _start_server(name, target, settings.serve_host, port, log_path)
-        canary = {"pid": process.pid, "url": base_url, "predict_url": f"{base_url}/v1/models/{name}:predict",
-                  "version": version, "model_dir": str(target), "command": cmd, "digest": digest, "percent": 0, "failures": 0}
+        canary = {
+            "pid": process.pid,
+            "url": base_url,
+            "predict_url": f"{base_url}/v1/models/{name}:predict",
+            "version": version,
+            "model_dir": str(target),
+            "command": cmd,
+            "digest": digest,
+            "percent": 0,
+            "failures": 0,
+        }
         _write_record(canary_path, canary)  # first: a crash from here on leaves a record a rerun can find
         try:
             wait_ready(base_url, name, process, log_path, timeout)
@@ -314,11 +278,13 @@ def rollout_local(name: str, home: Path, stable: dict[str, Any], canary: dict[st
             raise
     else:
         log.info("local deploy: resuming the canary v%s at %s%%", version, canary.get("percent"))
-    backend = LocalCanary(home=home, name=name, stable=stable, canary=canary, rows=replay,
-                          min_requests=policy.min_requests, request_timeout=5.0)
+    backend = LocalCanary(
+        home=home, name=name, stable=stable, canary=canary, rows=replay, min_requests=policy.min_requests, request_timeout=5.0
+    )
     what = f"canary v{version} of {name} (stable v{stable['version']})"
-    report = rollout.run_rollout(backend, policy, what, start_percent=int(canary.get("percent") or 0) or None,
-                                 failures=int(canary.get("failures") or 0))
+    report = rollout.run_rollout(
+        backend, policy, what, start_percent=int(canary.get("percent") or 0) or None, failures=int(canary.get("failures") or 0)
+    )
     return _deployment(backend.winner), report
 
 
@@ -338,7 +304,7 @@ class LocalCanary:
     _offset: int = 0  # where in the rows the next window starts, so steps replay different rows
 
     def _check_serving(self, record: dict[str, Any], role: str) -> None:
-        if not _running(record):
+        if not running(record):
             raise DeployError(f"the {role} server (pid {record.get('pid')}) is not running")
         try:
             ready = requests.get(f"{record['url']}/v2/models/{self.name}/ready", timeout=self.request_timeout).status_code == 200
@@ -356,9 +322,17 @@ class LocalCanary:
         from components.deployment.rollout import Observation
 
         before = {role: scrape_requests(rec["url"], self.name) for role, rec in (("stable", self.stable), ("canary", self.canary))}
-        sides = replay_split(self.stable["predict_url"], self.canary["predict_url"], self.rows, percent, seconds,
-                             min_requests=self.min_requests, offset=self._offset, timeout=self.request_timeout,
-                             workers=self.workers)
+        sides = replay_split(
+            self.stable["predict_url"],
+            self.canary["predict_url"],
+            self.rows,
+            percent,
+            seconds,
+            min_requests=self.min_requests,
+            offset=self._offset,
+            timeout=self.request_timeout,
+            workers=self.workers,
+        )
         self._offset += sides["stable"].requests + sides["canary"].requests
         out = []
         for role, rec in (("stable", self.stable), ("canary", self.canary)):
@@ -374,7 +348,9 @@ class LocalCanary:
             errors = max(client.errors, int(server_errors or 0))
             source = f"client replay ({client.requests} requests)" + (
                 f" + {rec['url']}/metrics ({int(server_requests or 0)} requests, {int(server_errors or 0)} errors)"
-                if server_requests is not None else f"; {rec['url']}/metrics has no mlwf_inference_requests_total")
+                if server_requests is not None
+                else f"; {rec['url']}/metrics has no mlwf_inference_requests_total"
+            )
             out.append(Observation(requests_n, errors, client.p99_ms, client.predictions, source))
         return out[0], out[1]
 
@@ -389,11 +365,11 @@ class LocalCanary:
         _write_record(self.home / CANARY_RECORD, self.canary)
         winner = {k: v for k, v in self.canary.items() if k not in ("promoting", "previous", "percent", "failures")}
         _write_record(self.home / SERVER_RECORD, winner)
-        _stop(self.stable)
+        stop_record(self.stable)
         (self.home / CANARY_RECORD).unlink(missing_ok=True)
         self.winner = winner
 
     def rollback(self) -> None:
-        _stop(self.canary)
+        stop_record(self.canary)
         (self.home / CANARY_RECORD).unlink(missing_ok=True)
         self.winner = self.stable

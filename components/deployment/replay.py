@@ -64,8 +64,17 @@ def to_canary(index: int, percent: int) -> bool:
     return (index + 1) * percent // 100 > index * percent // 100
 
 
-def replay_split(stable_url: str, canary_url: str, rows: list[dict[str, Any]], percent: int, seconds: float,
-                 min_requests: int, offset: int = 0, timeout: float = 5.0, workers: int = 4) -> dict[str, _Side]:
+def replay_split(
+    stable_url: str,
+    canary_url: str,
+    rows: list[dict[str, Any]],
+    percent: int,
+    seconds: float,
+    min_requests: int,
+    offset: int = 0,
+    timeout: float = 5.0,
+    workers: int = 4,
+) -> dict[str, _Side]:
     """Replay `rows` one per request, `percent` of them to the canary, for `seconds` and until each side that gets
     traffic has `min_requests`; never longer than seconds + max(10, 3 * seconds)."""
     sides = {"stable": _Side(), "canary": _Side()}

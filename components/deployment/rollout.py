@@ -58,8 +58,13 @@ class RolloutPolicy:
             raise ValueError(f"the failure limit must be at least 1, got {self.max_failed_analyses}")
         if self.step_seconds < 0 or self.min_requests < 1:
             raise ValueError(f"need step_seconds >= 0 and min_requests >= 1, got {self.step_seconds}, {self.min_requests}")
-        if (not 0 <= self.max_success_drop < 1 or self.max_p99_ratio < 1 or self.p99_slack_ms < 0 or self.max_psi <= 0
-                or not self.expected_psi >= 0):
+        if (
+            not 0 <= self.max_success_drop < 1
+            or self.max_p99_ratio < 1
+            or self.p99_slack_ms < 0
+            or self.max_psi <= 0
+            or not self.expected_psi >= 0
+        ):
             raise ValueError(f"invalid analysis thresholds: {self}")
 
     def remaining(self, current_percent: int | None) -> tuple[int, ...]:
@@ -70,10 +75,17 @@ class RolloutPolicy:
 
 
 def policy_from_settings(settings: Any, expected_psi: float = 0.0) -> RolloutPolicy:
-    return RolloutPolicy(expected_psi=expected_psi, steps=tuple(settings.canary_steps), max_failed_analyses=settings.canary_max_failed_analyses,
-                         step_seconds=settings.canary_step_seconds, min_requests=settings.canary_min_requests,
-                         max_success_drop=settings.canary_max_success_drop, max_p99_ratio=settings.canary_max_p99_ratio,
-                         p99_slack_ms=settings.canary_p99_slack_ms, max_psi=settings.canary_max_psi)
+    return RolloutPolicy(
+        expected_psi=expected_psi,
+        steps=tuple(settings.canary_steps),
+        max_failed_analyses=settings.canary_max_failed_analyses,
+        step_seconds=settings.canary_step_seconds,
+        min_requests=settings.canary_min_requests,
+        max_success_drop=settings.canary_max_success_drop,
+        max_p99_ratio=settings.canary_max_p99_ratio,
+        p99_slack_ms=settings.canary_p99_slack_ms,
+        max_psi=settings.canary_max_psi,
+    )
 
 
 # ---------------------------------------------------------------- observations and the analysis (pure)
@@ -95,9 +107,13 @@ class Observation:
 
     def plus(self, other: Observation) -> Observation:
         """Two windows as one; p99 is the later window's (quantiles do not add)."""
-        return Observation(self.requests + other.requests, self.errors + other.errors,
-                           other.p99_ms if other.p99_ms is not None else self.p99_ms,
-                           np.concatenate([self.predictions, other.predictions]), other.source or self.source)
+        return Observation(
+            self.requests + other.requests,
+            self.errors + other.errors,
+            other.p99_ms if other.p99_ms is not None else self.p99_ms,
+            np.concatenate([self.predictions, other.predictions]),
+            other.source or self.source,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,8 +141,11 @@ class Analysis:
 
 
 def analyze(percent: int, stable: Observation, canary: Observation, policy: RolloutPolicy) -> Analysis:
-    thin = [f"{side} had {obs.requests} request(s) (< {policy.min_requests})"
-            for side, obs in (("stable", stable), ("canary", canary)) if obs.requests < policy.min_requests]
+    thin = [
+        f"{side} had {obs.requests} request(s) (< {policy.min_requests})"
+        for side, obs in (("stable", stable), ("canary", canary))
+        if obs.requests < policy.min_requests
+    ]
     checks: list[Check] = []
     if thin:
         detail = "not enough traffic to decide: " + "; ".join(thin)
@@ -135,29 +154,57 @@ def analyze(percent: int, stable: Observation, canary: Observation, policy: Roll
 
     s_rate, c_rate = stable.success_rate or 0.0, canary.success_rate or 0.0
     floor = s_rate - policy.max_success_drop
-    checks.append(Check("success_rate", PASS if c_rate >= floor else FAIL, c_rate, floor,
-                        f"canary {c_rate:.3f} ({canary.errors}/{canary.requests} failed) vs stable {s_rate:.3f}, "
-                        f"minimum {floor:.3f}"))
+    checks.append(
+        Check(
+            "success_rate",
+            PASS if c_rate >= floor else FAIL,
+            c_rate,
+            floor,
+            f"canary {c_rate:.3f} ({canary.errors}/{canary.requests} failed) vs stable {s_rate:.3f}, minimum {floor:.3f}",
+        )
+    )
 
     if stable.p99_ms is None or canary.p99_ms is None:
-        checks.append(Check("p99_latency", INCONCLUSIVE, canary.p99_ms, None,
-                            f"no latency measured (stable {stable.p99_ms}, canary {canary.p99_ms})"))
+        checks.append(
+            Check("p99_latency", INCONCLUSIVE, canary.p99_ms, None, f"no latency measured (stable {stable.p99_ms}, canary {canary.p99_ms})")
+        )
     else:
         limit = stable.p99_ms * policy.max_p99_ratio + policy.p99_slack_ms
-        checks.append(Check("p99_latency", PASS if canary.p99_ms <= limit else FAIL, canary.p99_ms, limit,
-                            f"canary {canary.p99_ms:.1f} ms vs stable {stable.p99_ms:.1f} ms, limit {limit:.1f} ms"))
+        checks.append(
+            Check(
+                "p99_latency",
+                PASS if canary.p99_ms <= limit else FAIL,
+                canary.p99_ms,
+                limit,
+                f"canary {canary.p99_ms:.1f} ms vs stable {stable.p99_ms:.1f} ms, limit {limit:.1f} ms",
+            )
+        )
 
     thin_predictions = min(len(stable.predictions), len(canary.predictions)) < policy.min_requests
     if thin_predictions:
-        checks.append(Check("prediction_psi", INCONCLUSIVE, None, policy.max_psi,
-                            f"too few predictions to compare (stable {len(stable.predictions)}, "
-                            f"canary {len(canary.predictions)}; need {policy.min_requests})"))
+        checks.append(
+            Check(
+                "prediction_psi",
+                INCONCLUSIVE,
+                None,
+                policy.max_psi,
+                f"too few predictions to compare (stable {len(stable.predictions)}, "
+                f"canary {len(canary.predictions)}; need {policy.min_requests})",
+            )
+        )
     else:
         value = prediction_psi(stable.predictions, canary.predictions)
         limit = policy.max_psi + policy.expected_psi
         why = f" ({policy.max_psi:.3f} over the {policy.expected_psi:.3f} expected offline)" if policy.expected_psi else ""
-        checks.append(Check("prediction_psi", PASS if value <= limit else FAIL, value, limit,
-                            f"PSI {value:.3f} between canary and stable predictions, limit {limit:.3f}{why}"))
+        checks.append(
+            Check(
+                "prediction_psi",
+                PASS if value <= limit else FAIL,
+                value,
+                limit,
+                f"PSI {value:.3f} between canary and stable predictions, limit {limit:.3f}{why}",
+            )
+        )
     return Analysis(percent, checks, stable, canary)
 
 
@@ -192,13 +239,14 @@ class RolloutReport:
     def summary(self) -> str:
         lines = [f"canary {self.outcome} after steps {' -> '.join(f'{p}%' for p in self.percents) or 'none'}"]
         for a in self.analyses:
-            lines.append(f"  {a.percent:>3}%: {'PASS' if a.passed else 'FAIL'}  " + "; ".join(
-                f"{c.name}={'n/a' if c.value is None else f'{c.value:.3g}'} ({c.status})" for c in a.checks))
+            lines.append(
+                f"  {a.percent:>3}%: {'PASS' if a.passed else 'FAIL'}  "
+                + "; ".join(f"{c.name}={'n/a' if c.value is None else f'{c.value:.3g}'} ({c.status})" for c in a.checks)
+            )
         return "\n".join(lines)
 
 
-def run_rollout(backend: Backend, policy: RolloutPolicy, what: str, start_percent: int | None = None,
-                failures: int = 0) -> RolloutReport:
+def run_rollout(backend: Backend, policy: RolloutPolicy, what: str, start_percent: int | None = None, failures: int = 0) -> RolloutReport:
     """Drive `backend` through the steps; returns the report when promoted, raises DeployError after rolling back.
 
     `what` names the canary in messages ("canary v3 of ns/name"). `start_percent` and `failures` resume an
@@ -255,8 +303,7 @@ def run_rollout(backend: Backend, policy: RolloutPolicy, what: str, start_percen
     return report
 
 
-def expected_prediction_shift(client: Any, model_name: str, candidate_version: str, candidate: Any,
-                              rows: Any) -> tuple[float, str | None]:
+def expected_prediction_shift(client: Any, model_name: str, candidate_version: str, candidate: Any, rows: Any) -> tuple[float, str | None]:
     """(PSI between the champion's and the candidate's scores on `rows`, champion version): the shift a canary
     of the candidate should show against the champion serving the same traffic. (0.0, None) without a
     comparable champion. The rollout fails only on a shift well beyond this one (RolloutPolicy.expected_psi)."""

@@ -38,8 +38,12 @@ def deploy_step(model: Any, test_set: Any, model_name: str, version: str, deploy
     # the canary analysis allows the shift that the two versions show offline on the test period.
     expected_psi, champion = expected_prediction_shift(client, model_name, version, candidate, test.head(replay_rows))
     if champion is not None:
-        log.info("deploy: prediction PSI between champion v%s and v%s on the test period: %.3f (allowed in the canary analysis)",
-                 champion, version, expected_psi)
+        log.info(
+            "deploy: prediction PSI between champion v%s and v%s on the test period: %.3f (allowed in the canary analysis)",
+            champion,
+            version,
+            expected_psi,
+        )
     if settings.is_local:
         from components.deployment.local import deploy_local
 
@@ -55,8 +59,10 @@ def deploy_step(model: Any, test_set: Any, model_name: str, version: str, deploy
         out = deploy_cluster(model.path, model_name, version, settings, expected_psi=expected_psi)
         url, predict_url = out["url"], out["predict_url"]
     client.set_registered_model_alias(model_name, "champion", version)  # only after the new version serves
-    text = (f"# Deployed {model_name} v{version}\n\n- URL: {url}\n- Predict (V1): `POST {predict_url}`\n"
-            f"- Example:\n\n```\ncurl -s -H 'Content-Type: application/json' {predict_url} -d '{json.dumps({'instances': instances[:1]})}'\n```\n")
+    text = (
+        f"# Deployed {model_name} v{version}\n\n- URL: {url}\n- Predict (V1): `POST {predict_url}`\n"
+        f"- Example:\n\n```\ncurl -s -H 'Content-Type: application/json' {predict_url} -d '{json.dumps({'instances': instances[:1]})}'\n```\n"
+    )
     storage.write_bytes(deployment.path, text.encode())
     deployment.metadata.update({"url": url, "predict_url": predict_url, "version": version})
     log.info("deploy: %s v%s serving at %s in %.1fs", model_name, version, url, time.perf_counter() - started)

@@ -9,8 +9,9 @@ are compared at thresholds chosen the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,17 +64,25 @@ def _pipeline(kind: str, numeric: list[str], categorical: list[str], seed: int) 
 
     if kind == "logistic_regression":
         numeric_steps = make_pipeline(FunctionTransformer(_signed_log), SimpleImputer(strategy="mean"), StandardScaler())
-        prep = ColumnTransformer([
-            ("numeric", numeric_steps, numeric),
-            ("categorical", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5), categorical),
-        ])
+        prep = ColumnTransformer(
+            [
+                ("numeric", numeric_steps, numeric),
+                ("categorical", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5), categorical),
+            ]
+        )
         model = LogisticRegression(max_iter=1000, C=1.0)
     elif kind == "hist_gradient_boosting":
         # Codes for categories; unseen ones become -1, which the trees treat as missing.
-        prep = ColumnTransformer([
-            ("numeric", "passthrough", numeric),
-            ("categorical", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1), categorical),
-        ])
+        prep = ColumnTransformer(
+            [
+                ("numeric", "passthrough", numeric),
+                (
+                    "categorical",
+                    OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1),
+                    categorical,
+                ),
+            ]
+        )
         flags = [False] * len(numeric) + [True] * len(categorical)
         model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, categorical_features=flags, random_state=seed)
     else:
@@ -81,7 +90,9 @@ def _pipeline(kind: str, numeric: list[str], categorical: list[str], seed: int) 
     return Pipeline([("prep", prep), ("model", model)])
 
 
-def fit_baseline(train: pd.DataFrame, numeric: list[str], categorical: list[str], kind: str = "logistic_regression", seed: int = 42) -> BaselineModel:
+def fit_baseline(
+    train: pd.DataFrame, numeric: list[str], categorical: list[str], kind: str = "logistic_regression", seed: int = 42
+) -> BaselineModel:
     """Fit on the earlier rows of `train`, choose the threshold on its latest rows (time order, as the network does)."""
     if train[LABEL].nunique() < 2:
         raise ValueError("the training set has only one class: cannot fit the baseline")

@@ -10,10 +10,10 @@ and a scikit-learn baseline scored on the same rows.
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -24,10 +24,11 @@ from components.core.settings import get_settings
 from components.core.spec import EVENT_TIMESTAMP, LABEL
 from components.core.stats import calibration_bins, expected_calibration_error  # noqa: F401  (callers read them from here too)
 from components.evaluation.latency import per_row_latency_ms
-from components.evaluation.policy import HIGHER_IS_BETTER, GatePolicy, SlicePolicy  # GatePolicy: callers read it from here too
+from components.evaluation.metrics import classification_metrics
+from components.evaluation.policy import HIGHER_IS_BETTER, GatePolicy  # GatePolicy: callers read it from here too
+from components.evaluation.slices import slice_gaps, slice_table
 
 log = logging.getLogger(__name__)
-MAX_SLICE_VALUES = 50  # a sliced attribute is a category; a column with more values is a mistake in the policy
 
 Predict = Callable[[Mapping[str, Sequence[Any]]], np.ndarray]
 
@@ -62,90 +63,36 @@ class Evaluation:
     def summary(self) -> dict[str, Any]:
         """Everything but the curves, JSON-ready: what gate.json records."""
         return {
-            "passed": self.passed, "reasons": self.reasons, "notes": self.notes,
-            "checks": [c.__dict__ for c in self.checks], "metrics": self.metrics, "champion": self.champion,
-            "baseline": self.baseline, "slices": self.slices, "slice_gaps": self.slice_gaps,
-            "importance": self.importance, "data": self.data, "lineage": self.lineage,
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "notes": self.notes,
+            "checks": [c.__dict__ for c in self.checks],
+            "metrics": self.metrics,
+            "champion": self.champion,
+            "baseline": self.baseline,
+            "slices": self.slices,
+            "slice_gaps": self.slice_gaps,
+            "importance": self.importance,
+            "data": self.data,
+            "lineage": self.lineage,
             "policy": {**self.policy.as_dict(), "sha256": self.policy.fingerprint()},
         }
-
-
-def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score
-
-    pred = (p >= threshold).astype(int)
-    single_class = len(np.unique(y)) < 2
-    negatives = int((y == 0).sum())
-    return {
-        "roc_auc": float("nan") if single_class else float(roc_auc_score(y, p)),
-        "pr_auc": float("nan") if single_class else float(average_precision_score(y, p)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
-        "fpr": float(((pred == 1) & (y == 0)).sum() / negatives) if negatives else float("nan"),
-        "accuracy": float((pred == y).mean()),
-        "brier": float(brier_score_loss(y, p, labels=[0, 1])),
-        "ece": expected_calibration_error(y, p),
-        "positive_rate": float(y.mean()),
-        "mean_score": float(p.mean()),
-        "rows": float(len(y)),
-    }
 
 
 def score(bundle: bundle_lib.Bundle, test: pd.DataFrame) -> np.ndarray:
     return bundle.predict_proba(bundle_lib.columns_from_frame(test, bundle.feature_names))
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-# --- slices (bias audit) ---------------------------------------------------------------------------------
-
-def slice_table(test: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, policy: SlicePolicy) -> list[dict[str, Any]]:
-    """Metrics per value of each sensitive attribute; `gated` marks the slices large enough to judge."""
-    rows: list[dict[str, Any]] = []
-    for attribute in policy.attributes:
-        if attribute not in test.columns:
-            raise ValueError(f"slice attribute {attribute!r} named by the gate policy is not a column of the test set "
-                             f"(columns: {sorted(c for c in test.columns if c not in (LABEL, EVENT_TIMESTAMP))})")
-        values = test[attribute].astype(object).where(test[attribute].notna(), "<missing>").astype(str).to_numpy()
-        distinct = sorted(set(values))
-        if len(distinct) > MAX_SLICE_VALUES:
-            raise ValueError(f"slice attribute {attribute!r} has {len(distinct)} distinct values (more than "
-                             f"{MAX_SLICE_VALUES}): slice by a categorical column")
-        for value in distinct:
-            mask = values == value
-            ys, ps = y[mask], p[mask]
-            positives = int(ys.sum())
-            negatives = int(len(ys) - positives)
-            gated = len(ys) >= policy.min_rows and min(positives, negatives) >= policy.min_positives
-            m = classification_metrics(ys, ps, threshold)
-            rows.append({"attribute": attribute, "value": value, "rows": int(len(ys)), "positives": positives,
-                         "gated": gated, **{k: m[k] for k in ("roc_auc", "pr_auc", "recall", "fpr", "f1", "ece", "mean_score")}})
-    return rows
-
-
-def slice_gaps(table: list[dict[str, Any]], policy: SlicePolicy) -> list[dict[str, Any]]:
-    """Per attribute and gated metric: best and worst slice among those large enough, and their gap."""
-    gaps = []
-    for attribute in policy.attributes:
-        for metric, limit in policy.max_gap.items():
-            judged = [r for r in table if r["attribute"] == attribute and r["gated"] and _finite(r[metric])]
-            entry: dict[str, Any] = {"attribute": attribute, "metric": metric, "limit": limit, "slices": len(judged)}
-            if len(judged) >= 2:
-                ordered = sorted(judged, key=lambda r: r[metric], reverse=metric in HIGHER_IS_BETTER)
-                best, worst = ordered[0], ordered[-1]
-                entry.update(best=best["value"], best_value=best[metric], worst=worst["value"], worst_value=worst[metric],
-                             gap=abs(best[metric] - worst[metric]))
-            gaps.append(entry)
-    return gaps
-
-
 # --- the decision ---------------------------------------------------------------------------------------
 
-def checks(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[str, Any] | None,
-           gaps: Sequence[Mapping[str, Any]] = (), baseline: Mapping[str, Any] | None = None) -> list[Check]:
+
+def checks(
+    metrics: Mapping[str, float],
+    policy: GatePolicy,
+    champion: Mapping[str, Any] | None,
+    gaps: Sequence[Mapping[str, Any]] = (),
+    baseline: Mapping[str, Any] | None = None,
+) -> list[Check]:
     """Every check the policy asks for, passed or not. A NaN or missing metric never passes."""
     out: list[Check] = []
     for metric, limit in (("roc_auc", policy.min_roc_auc), ("pr_auc", policy.min_pr_auc), ("f1", policy.min_f1)):
@@ -153,28 +100,44 @@ def checks(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[s
             continue
         value = float(metrics.get(metric, float("nan")))
         ok = value >= limit  # NaN compares False
-        out.append(Check(f"min_{metric}", ok, value, limit,
-                         f"{metric} {value:.4f} {'meets' if ok else 'is below'} the minimum {limit:.4f}"))
+        out.append(
+            Check(f"min_{metric}", ok, value, limit, f"{metric} {value:.4f} {'meets' if ok else 'is below'} the minimum {limit:.4f}")
+        )
     for metric, limit in (("ece", policy.max_ece), ("brier", policy.max_brier)):
         if limit is None:
             continue
         value = float(metrics.get(metric, float("nan")))
         ok = value <= limit
-        out.append(Check(f"max_{metric}", ok, value, limit,
-                         f"{metric} {value:.4f} {'is within' if ok else 'exceeds'} the maximum {limit:.4f}"))
+        out.append(
+            Check(f"max_{metric}", ok, value, limit, f"{metric} {value:.4f} {'is within' if ok else 'exceeds'} the maximum {limit:.4f}")
+        )
     value = float(metrics.get("latency_p99_ms", float("nan")))
     ok = value <= policy.max_p99_latency_ms
-    out.append(Check("max_p99_latency_ms", ok, value, policy.max_p99_latency_ms,
-                     f"per-row p99 latency {value:.3f} ms {'is within' if ok else 'exceeds'} the budget {policy.max_p99_latency_ms} ms"))
+    out.append(
+        Check(
+            "max_p99_latency_ms",
+            ok,
+            value,
+            policy.max_p99_latency_ms,
+            f"per-row p99 latency {value:.3f} ms {'is within' if ok else 'exceeds'} the budget {policy.max_p99_latency_ms} ms",
+        )
+    )
     for gap in gaps:
         name = f"slice_gap.{gap['attribute']}.{gap['metric']}"
         if "gap" not in gap:
             continue  # fewer than two slices large enough: reported as a note, not judged
         ok = gap["gap"] <= gap["limit"]
-        out.append(Check(name, ok, gap["gap"], gap["limit"],
-                         f"{gap['metric']} gap across {gap['attribute']} slices is {gap['gap']:.4f} "
-                         f"({gap['best']} {gap['best_value']:.4f} vs {gap['worst']} {gap['worst_value']:.4f}), "
-                         f"{'within' if ok else 'above'} the maximum {gap['limit']:.4f}"))
+        out.append(
+            Check(
+                name,
+                ok,
+                gap["gap"],
+                gap["limit"],
+                f"{gap['metric']} gap across {gap['attribute']} slices is {gap['gap']:.4f} "
+                f"({gap['best']} {gap['best_value']:.4f} vs {gap['worst']} {gap['worst_value']:.4f}), "
+                f"{'within' if ok else 'above'} the maximum {gap['limit']:.4f}",
+            )
+        )
     if champion is not None and champion.get("comparable", True):
         for metric, tolerance in policy.max_regression.items():
             if metric not in champion:
@@ -182,9 +145,16 @@ def checks(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[s
             mine, theirs = float(metrics.get(metric, float("nan"))), float(champion[metric])
             drop = (theirs - mine) if metric in HIGHER_IS_BETTER else (mine - theirs)
             ok = drop <= tolerance  # NaN compares False
-            out.append(Check(f"champion.{metric}", ok, mine, theirs,
-                             f"{metric} {mine:.4f} {'holds up' if ok else 'regresses'} against champion v{champion['version']} "
-                             f"({theirs:.4f}){'' if ok else f' by more than {tolerance}'}"))
+            out.append(
+                Check(
+                    f"champion.{metric}",
+                    ok,
+                    mine,
+                    theirs,
+                    f"{metric} {mine:.4f} {'holds up' if ok else 'regresses'} against champion v{champion['version']} "
+                    f"({theirs:.4f}){'' if ok else f' by more than {tolerance}'}",
+                )
+            )
     if baseline is not None:
         # Not worse than the simple model trained on the same rows: a network that loses to a logistic regression
         # (ROC-AUC 0.850 vs 0.891 measured, issue 18) has no business serving, whatever the absolute minimums say.
@@ -197,14 +167,22 @@ def checks(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[s
             significant = not (lo <= 0.0 <= hi)  # also True without a CI (NaN): the point estimate decides
             ok = drop <= tolerance or not significant  # NaN drop compares False
             ci = f", 95% CI of the difference [{lo:+.4f}, {hi:+.4f}]" if lo == lo else ""
-            out.append(Check(f"baseline.{metric}", ok, mine, theirs,
-                             f"{metric} {mine:.4f} {'holds up' if ok else 'is worse'} against the {baseline.get('kind', 'baseline')} "
-                             f"baseline ({theirs:.4f}){'' if ok else f' by more than {tolerance}'}{ci}"))
+            out.append(
+                Check(
+                    f"baseline.{metric}",
+                    ok,
+                    mine,
+                    theirs,
+                    f"{metric} {mine:.4f} {'holds up' if ok else 'is worse'} against the {baseline.get('kind', 'baseline')} "
+                    f"baseline ({theirs:.4f}){'' if ok else f' by more than {tolerance}'}{ci}",
+                )
+            )
     return out
 
 
-def decide(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[str, Any] | None,
-           gaps: Sequence[Mapping[str, Any]] = ()) -> tuple[bool, list[str]]:
+def decide(
+    metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[str, Any] | None, gaps: Sequence[Mapping[str, Any]] = ()
+) -> tuple[bool, list[str]]:
     """Pass only when every check passes; the reasons are the messages of every failed check."""
     reasons = [c.message for c in checks(metrics, policy, champion, gaps) if not c.passed]
     return not reasons, reasons
@@ -212,8 +190,10 @@ def decide(metrics: Mapping[str, float], policy: GatePolicy, champion: Mapping[s
 
 # --- the champion, the baseline, feature importance -----------------------------------------------------
 
-def champion_scores(client: Any, model_name: str, candidate_version: str, test: pd.DataFrame,
-                    latency_rows: int = 200) -> tuple[dict[str, Any], np.ndarray | None] | None:
+
+def champion_scores(
+    client: Any, model_name: str, candidate_version: str, test: pd.DataFrame, latency_rows: int = 200
+) -> tuple[dict[str, Any], np.ndarray | None] | None:
     """The current champion scored on this same test set, or None when there is no champion yet."""
     found = tracking.load_champion(client, model_name, candidate_version)
     if found is None:
@@ -225,13 +205,19 @@ def champion_scores(client: Any, model_name: str, candidate_version: str, test: 
     columns = bundle_lib.columns_from_frame(test, champion.feature_names)
     p = champion.predict_proba(columns)
     latency = per_row_latency_ms(champion, columns, rows=latency_rows)
-    info = {"version": str(version.version), "comparable": True, "threshold": champion.threshold,
-            "latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"]}
+    info = {
+        "version": str(version.version),
+        "comparable": True,
+        "threshold": champion.threshold,
+        "latency_p50_ms": latency["p50_ms"],
+        "latency_p99_ms": latency["p99_ms"],
+    }
     return info, p
 
 
-def baseline_result(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str], kind: str,
-                    latency_rows: int) -> tuple[dict[str, Any], np.ndarray]:
+def baseline_result(
+    train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str], kind: str, latency_rows: int
+) -> tuple[dict[str, Any], np.ndarray]:
     """Fit the scikit-learn baseline on the train split; its metrics and per-row latency on the test split."""
     from components.evaluation.baseline import fit_baseline
 
@@ -243,12 +229,19 @@ def baseline_result(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str],
     # The same per-row loop as the bundle: it only calls predict_proba(columns), which the baseline offers too.
     latency = per_row_latency_ms(cast(bundle_lib.Bundle, model), columns, rows=latency_rows)
     metrics = classification_metrics(test[LABEL].to_numpy(dtype=int), p, model.threshold)
-    return {"kind": kind, "threshold": model.threshold, "fit_seconds": fit_seconds,
-            "latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"], **metrics}, p
+    return {
+        "kind": kind,
+        "threshold": model.threshold,
+        "fit_seconds": fit_seconds,
+        "latency_p50_ms": latency["p50_ms"],
+        "latency_p99_ms": latency["p99_ms"],
+        **metrics,
+    }, p
 
 
-def paired_bootstrap_ci(y: np.ndarray, p: np.ndarray, q: np.ndarray, metric: str, resamples: int = 200,
-                        seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    y: np.ndarray, p: np.ndarray, q: np.ndarray, metric: str, resamples: int = 200, seed: int = 0
+) -> tuple[float, float]:
     """95% CI of metric(p) - metric(q) over the same resampled test rows (paired: both models see each resample)."""
     from sklearn.metrics import roc_auc_score
 
@@ -271,8 +264,9 @@ def paired_bootstrap_ci(y: np.ndarray, p: np.ndarray, q: np.ndarray, metric: str
     return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
-def permutation_importance(predict: Predict, columns: Mapping[str, Sequence[Any]], y: np.ndarray, repeats: int,
-                           seed: int = 0) -> list[dict[str, float | str]]:
+def permutation_importance(
+    predict: Predict, columns: Mapping[str, Sequence[Any]], y: np.ndarray, repeats: int, seed: int = 0
+) -> list[dict[str, float | str]]:
     """Drop in ROC-AUC when one feature's values are shuffled across rows (the bundle scores raw values)."""
     from sklearn.metrics import roc_auc_score
 
@@ -294,8 +288,16 @@ def permutation_importance(predict: Predict, columns: Mapping[str, Sequence[Any]
 
 # --- the step's logic -----------------------------------------------------------------------------------
 
-def evaluate(model_dir: str, test: pd.DataFrame, policy: GatePolicy, model_name: str | None, version: str | None,
-             train: pd.DataFrame | None = None, client: Any = None) -> Evaluation:
+
+def evaluate(
+    model_dir: str,
+    test: pd.DataFrame,
+    policy: GatePolicy,
+    model_name: str | None,
+    version: str | None,
+    train: pd.DataFrame | None = None,
+    client: Any = None,
+) -> Evaluation:
     """Score the candidate bundle on `test` and judge it by `policy` (and the registry's champion, when there is one)."""
     candidate = bundle_lib.load(model_dir)
     if test.empty:
@@ -307,9 +309,12 @@ def evaluate(model_dir: str, test: pd.DataFrame, policy: GatePolicy, model_name:
     latency = per_row_latency_ms(candidate, columns, rows=policy.latency_rows)
     metrics.update({"latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"]})
     ev = Evaluation(metrics=metrics, passed=False, reasons=[], policy=policy, curves=curves(y, p, candidate.threshold))
-    ev.data = {"rows": int(len(test)), "positives": int(y.sum()),
-               "from": str(test[EVENT_TIMESTAMP].min()) if EVENT_TIMESTAMP in test else "n/a",
-               "to": str(test[EVENT_TIMESTAMP].max()) if EVENT_TIMESTAMP in test else "n/a"}
+    ev.data = {
+        "rows": int(len(test)),
+        "positives": int(y.sum()),
+        "from": str(test[EVENT_TIMESTAMP].min()) if EVENT_TIMESTAMP in test else "n/a",
+        "to": str(test[EVENT_TIMESTAMP].max()) if EVENT_TIMESTAMP in test else "n/a",
+    }
     ev.lineage = {**candidate.signature.get("lineage", {}), "bundle_sha256": bundle_lib.bundle_digest(model_dir)}
     if len(np.unique(y)) < 2:
         ev.notes.append("the test period holds one class only: ROC-AUC and PR-AUC are undefined, so the gate fails")
@@ -318,8 +323,10 @@ def evaluate(model_dir: str, test: pd.DataFrame, policy: GatePolicy, model_name:
     ev.slice_gaps = slice_gaps(ev.slices, policy.slices)
     for gap in ev.slice_gaps:
         if "gap" not in gap:
-            ev.notes.append(f"{gap['metric']} across {gap['attribute']}: {gap['slices']} slice(s) with at least "
-                            f"{policy.slices.min_rows} rows and {policy.slices.min_positives} of each class, so no gap was judged")
+            ev.notes.append(
+                f"{gap['metric']} across {gap['attribute']}: {gap['slices']} slice(s) with at least "
+                f"{policy.slices.min_rows} rows and {policy.slices.min_positives} of each class, so no gap was judged"
+            )
     small = [f"{r['attribute']}={r['value']} ({r['rows']} rows, {r['positives']} positive)" for r in ev.slices if not r["gated"]]
     if small:
         ev.notes.append("reported, not gated (too small): " + ", ".join(small))
@@ -346,8 +353,12 @@ def evaluate(model_dir: str, test: pd.DataFrame, policy: GatePolicy, model_name:
             ev.baseline[f"ci.{metric}"] = paired_bootstrap_ci(y, p, baseline_p, metric)
 
     sample = test.sample(n=min(len(test), policy.importance_rows), random_state=0) if len(test) > policy.importance_rows else test
-    ev.importance = permutation_importance(candidate.predict_proba, bundle_lib.columns_from_frame(sample, candidate.feature_names),
-                                           sample[LABEL].to_numpy(dtype=int), policy.importance_repeats)
+    ev.importance = permutation_importance(
+        candidate.predict_proba,
+        bundle_lib.columns_from_frame(sample, candidate.feature_names),
+        sample[LABEL].to_numpy(dtype=int),
+        policy.importance_repeats,
+    )
 
     ev.checks = checks(metrics, policy, ev.champion, ev.slice_gaps, ev.baseline)
     # The threshold is chosen at training time; a bundle whose threshold answers another objective than the
@@ -355,8 +366,15 @@ def evaluate(model_dir: str, test: pd.DataFrame, policy: GatePolicy, model_name:
     wanted = "f1" if policy.costs is None else policy.costs
     chosen = (candidate.signature.get("calibration") or {}).get("objective", "f1")
     ok = chosen == wanted
-    ev.checks.append(Check("threshold_objective", ok, None, None,
-                           f"the decision threshold was chosen for {chosen}" + ("" if ok else f", the policy asks for {wanted}")))
+    ev.checks.append(
+        Check(
+            "threshold_objective",
+            ok,
+            None,
+            None,
+            f"the decision threshold was chosen for {chosen}" + ("" if ok else f", the policy asks for {wanted}"),
+        )
+    )
     ev.reasons = [c.message for c in ev.checks if not c.passed]
     ev.passed = not ev.reasons
     return ev
@@ -379,6 +397,8 @@ def curves(y: np.ndarray, p: np.ndarray, threshold: float, max_points: int = 200
         "pr": {"precision": precision[::step].tolist(), "recall": recall[::step].tolist()},
         "threshold": float(threshold),  # the confusion matrix is at this score (a score >= it is called positive)
         "confusion": matrix.tolist(),  # [[TN, FP], [FN, TP]]: rows actual 0/1, columns predicted 0/1
-        "calibration": {k: [b[key] for b in bins] for k, key in
-                        (("true", "observed"), ("predicted", "predicted"), ("rows", "rows"), ("lower", "lower"), ("upper", "upper"))},
+        "calibration": {
+            k: [b[key] for b in bins]
+            for k, key in (("true", "observed"), ("predicted", "predicted"), ("rows", "rows"), ("lower", "lower"), ("upper", "upper"))
+        },
     }

@@ -19,15 +19,17 @@ spinning neighbour (tests/unit/test_latency.py runs the verdict both ways).
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 REPETITIONS = 5
 
 
-def per_row_latency_ms(model: Any, columns: Mapping[str, Sequence[Any]], rows: int = 200,
-                       repetitions: int = REPETITIONS, threads: int | None = None) -> dict[str, float]:
+def per_row_latency_ms(
+    model: Any, columns: Mapping[str, Sequence[Any]], rows: int = 200, repetitions: int = REPETITIONS, threads: int | None = None
+) -> dict[str, float]:
     """p50/p99 ms of scoring one row at a time (`model.predict_proba(columns)`), each row's best of `repetitions`.
 
     `threads`: torch's intra-op threads while timing (default: the CPU budget, as the server runs); restored after.
@@ -56,5 +58,9 @@ def per_row_latency_ms(model: Any, columns: Mapping[str, Sequence[Any]], rows: i
                 best[i] = min(best[i], (time.perf_counter() - start) * 1000.0)
     finally:
         torch.set_num_threads(saved)
-    return {"p50_ms": float(np.percentile(best, 50)), "p99_ms": float(np.percentile(best, 99)),
-            "repetitions": float(repetitions), "threads": float(used)}
+    return {
+        "p50_ms": float(np.percentile(best, 50)),
+        "p99_ms": float(np.percentile(best, 99)),
+        "repetitions": float(repetitions),
+        "threads": float(used),
+    }

@@ -135,8 +135,9 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
         costs=_costs(decision.get("costs")),
         max_p99_latency_ms=_number("latency.max_p99_ms", latency.get("max_p99_ms", defaults.max_p99_latency_ms)),
         latency_rows=int(_number("latency.rows", latency.get("rows", defaults.latency_rows), 1)),
-        max_regression=_metric_map("champion.max_regression", champion.get("max_regression", {"roc_auc": 0.01}),
-                                   HIGHER_IS_BETTER + LOWER_IS_BETTER),
+        max_regression=_metric_map(
+            "champion.max_regression", champion.get("max_regression", {"roc_auc": 0.01}), HIGHER_IS_BETTER + LOWER_IS_BETTER
+        ),
         slices=SlicePolicy(
             attributes=tuple(attributes),
             min_rows=int(_number("slices.min_rows", slices.get("min_rows", 200), 1)),
@@ -214,8 +215,9 @@ def load_policy(ref: str) -> GatePolicy:
     return parse_policy(data, source=ref)
 
 
-def with_overrides(policy: GatePolicy, min_roc_auc: float = UNSET, max_p99_latency_ms: float = UNSET,
-                   max_regression: float = UNSET) -> GatePolicy:
+def with_overrides(
+    policy: GatePolicy, min_roc_auc: float = UNSET, max_p99_latency_ms: float = UNSET, max_regression: float = UNSET
+) -> GatePolicy:
     """Apply the pipeline's explicit overrides (negative = not set); the source records which were applied."""
     changes: dict[str, Any] = {}
     if min_roc_auc is not None and min_roc_auc >= 0:
@@ -231,8 +233,14 @@ def with_overrides(policy: GatePolicy, min_roc_auc: float = UNSET, max_p99_laten
     return replace(policy, source=f"{policy.source} + overrides {shown}", **changes)
 
 
-def policy_for_run(gate_policy: str, dataset_spec: str, dataset_name: str, min_roc_auc: float = UNSET,
-                   max_p99_latency_ms: float = UNSET, max_regression: float = UNSET) -> GatePolicy:
+def policy_for_run(
+    gate_policy: str,
+    dataset_spec: str,
+    dataset_name: str,
+    min_roc_auc: float = UNSET,
+    max_p99_latency_ms: float = UNSET,
+    max_regression: float = UNSET,
+) -> GatePolicy:
     """The effective policy of a pipeline run: the file (or the defaults when the dataset has none) plus overrides."""
     ref = resolve_policy_ref(gate_policy, dataset_spec)
     policy = GatePolicy(source="defaults (no policy file beside the dataset spec)") if ref is None else load_policy(ref)

@@ -17,9 +17,24 @@ from components.core.logs import log_metrics, setup_logging
 log = logging.getLogger("mlwf")
 
 
-def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, version: str, dataset_spec: str, gate_policy: str,
-                  min_roc_auc: float, max_p99_latency_ms: float, max_regression: float,
-                  metrics: Any, roc: Any, report: Any, model_card: Any, verdict: Any = None, pipeline_run: str = "") -> bool:
+def evaluate_step(
+    model: Any,
+    train_set: Any,
+    test_set: Any,
+    model_name: str,
+    version: str,
+    dataset_spec: str,
+    gate_policy: str,
+    min_roc_auc: float,
+    max_p99_latency_ms: float,
+    max_regression: float,
+    metrics: Any,
+    roc: Any,
+    report: Any,
+    model_card: Any,
+    verdict: Any = None,
+    pipeline_run: str = "",
+) -> bool:
     """Judge the version by its gate policy; record the verdict, report and model card; `challenger` on pass only.
 
     The verdict (PASS/FAIL, each check and the key metrics) goes to the `verdict` Markdown output, the MLflow
@@ -49,8 +64,9 @@ def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, ve
     spec = load_spec(dataset_spec)
     policy = policy_for_run(gate_policy, dataset_spec, spec.name, float(min_roc_auc), float(max_p99_latency_ms), float(max_regression))
     client = tracking.configure(get_settings())
-    ev = evaluate(model.path, pd.read_parquet(test_set.path), policy, model_name, version,
-                  train=pd.read_parquet(train_set.path), client=client)
+    ev = evaluate(
+        model.path, pd.read_parquet(test_set.path), policy, model_name, version, train=pd.read_parquet(train_set.path), client=client
+    )
     scalars = dict(ev.metrics)
     scalars.update({f"baseline.{k}": v for k, v in (ev.baseline or {}).items() if isinstance(v, float)})
     scalars.update({f"champion.{k}": v for k, v in (ev.champion or {}).items() if isinstance(v, float) and k != "threshold"})
@@ -79,17 +95,29 @@ def evaluate_step(model: Any, train_set: Any, test_set: Any, model_name: str, ve
         mlflow.log_text(card, "model_card.md")  # the full card: training-time card + this evaluation
         # On the run too, so the runs table can show the verdict as a column; a version reused by a later
         # pipeline run is re-evaluated there, and this names the latest one.
-        mlflow.set_tags({"mlwf.gate": "passed" if ev.passed else "failed",
-                         **({"mlwf.evaluation_pipeline_run": pipeline_run} if pipeline_run else {})})
-    client.update_model_version(model_name, version, description=tracking.with_evaluation(mv.description or "", evaluation_summary(ev, pipeline_run)))
+        mlflow.set_tags(
+            {"mlwf.gate": "passed" if ev.passed else "failed", **({"mlwf.evaluation_pipeline_run": pipeline_run} if pipeline_run else {})}
+        )
+    client.update_model_version(
+        model_name, version, description=tracking.with_evaluation(mv.description or "", evaluation_summary(ev, pipeline_run))
+    )
     client.set_model_version_tag(model_name, version, "mlwf.gate", "passed" if ev.passed else "failed")
     client.set_model_version_tag(model_name, version, "mlwf.gate_reasons", "; ".join(ev.reasons)[:4000] or "none")
-    client.set_model_version_tag(model_name, version, "mlwf.gate_policy", f"{policy.source} v{policy.version} sha256:{policy.fingerprint()[:16]}"[:4000])
+    client.set_model_version_tag(
+        model_name, version, "mlwf.gate_policy", f"{policy.source} v{policy.version} sha256:{policy.fingerprint()[:16]}"[:4000]
+    )
     if ev.passed:  # a fail changes no alias; `champion` moves only after a successful deploy
         client.set_registered_model_alias(model_name, "challenger", version)
     reasons = "; ".join(ev.reasons) or "all checks passed"
     for artifact in (report, model_card, verdict):
         if artifact is not None:
             artifact.metadata.update({"passed": ev.passed, "reasons": reasons, "policy_version": policy.version})
-    log.info("evaluate: gate %s for %s v%s (%s) in %.1fs", "PASSED" if ev.passed else "FAILED", model_name, version, reasons, time.perf_counter() - started)
+    log.info(
+        "evaluate: gate %s for %s v%s (%s) in %.1fs",
+        "PASSED" if ev.passed else "FAILED",
+        model_name,
+        version,
+        reasons,
+        time.perf_counter() - started,
+    )
     return bool(ev.passed)

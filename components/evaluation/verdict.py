@@ -69,7 +69,9 @@ def verdict_markdown(ev: Any, model_name: str, version: str, pipeline_run: str =
 
     lines += ["", "## Checks", "", "| Result | Check | Value | Limit | Detail |", "|---|---|---|---|---|"]
     for check in sorted(ev.checks, key=lambda c: c.passed):  # failed checks first
-        lines.append(f"| {verdict_word(check.passed)} | {_cell(check.name)} | {_number(check.value)} | {_number(check.limit)} | {_cell(check.message)} |")
+        lines.append(
+            f"| {verdict_word(check.passed)} | {_cell(check.name)} | {_number(check.value)} | {_number(check.limit)} | {_cell(check.message)} |"
+        )
 
     columns = [("Candidate", ev.metrics)]
     champion = ev.champion or {}
@@ -77,15 +79,24 @@ def verdict_markdown(ev: Any, model_name: str, version: str, pipeline_run: str =
         columns.append((f"Champion v{champion['version']}", champion))
     if ev.baseline:
         columns.append((f"Baseline ({ev.baseline.get('kind', 'baseline')})", ev.baseline))
-    lines += ["", "## Test-period metrics", "", "| Metric | " + " | ".join(_cell(name) for name, _ in columns) + " |",
-              "|---|" + "---|" * len(columns)]
+    lines += [
+        "",
+        "## Test-period metrics",
+        "",
+        "| Metric | " + " | ".join(_cell(name) for name, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for key, label in KEY_METRICS:
         lines.append(f"| {label} | " + " | ".join(_number(values.get(key)) for _, values in columns) + " |")
 
     if ev.notes:
         lines += ["", "## Not judged", ""] + [f"- {note}" for note in ev.notes]
-    lines += ["", "The full evaluation (curves, slices, baseline, feature importance) is the step's `report`; "
-              "every check is in the MLflow run's `evaluation/gate.json`.", ""]
+    lines += [
+        "",
+        "The full evaluation (curves, slices, baseline, feature importance) is the step's `report`; "
+        "every check is in the MLflow run's `evaluation/gate.json`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -93,8 +104,13 @@ def evaluation_summary(ev: Any, pipeline_run: str = "") -> str:
     """The evaluation part of a registered version's description (MLflow renders it as Markdown)."""
     where = f", pipeline run `{pipeline_run}`" if pipeline_run else ""
     metrics = " · ".join(f"{label} {_number(ev.metrics.get(key))}" for key, label in KEY_METRICS)
-    lines = [f"**Gate: {verdict_word(ev.passed)}** (policy {_policy_line(ev)}{where})", "",
-             f"Test period: {_period(ev)}.", "", f"Test metrics: {metrics}."]
+    lines = [
+        f"**Gate: {verdict_word(ev.passed)}** (policy {_policy_line(ev)}{where})",
+        "",
+        f"Test period: {_period(ev)}.",
+        "",
+        f"Test metrics: {metrics}.",
+    ]
     if ev.reasons:
         lines += ["", "Failed checks:"] + [f"- {reason}" for reason in ev.reasons]
     else:

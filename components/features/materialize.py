@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ class Materialized:
 def window_start(view: Any, end: datetime) -> datetime:
     """Where the next incremental window starts: the end of the last recorded interval, else end - ttl."""
     if view.most_recent_end_time is not None:
-        return view.most_recent_end_time.astimezone(timezone.utc)
+        return view.most_recent_end_time.astimezone(UTC)
     ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else timedelta(days=3650)
     return end - ttl
 
@@ -138,8 +138,10 @@ def bulk_write_sqlite(db_path: str, table: str, spec: DatasetSpec, rows: pd.Data
         if present != expected:
             raise RuntimeError(f"online table {table} has columns {present}, expected Feast's {expected}")
         width = len(expected)
-        upsert = (" ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, value_text = excluded.value_text,"
-                  " vector_value = excluded.vector_value, event_ts = excluded.event_ts, created_ts = excluded.created_ts")
+        upsert = (
+            " ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, value_text = excluded.value_text,"
+            " vector_value = excluded.vector_value, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )
 
         def statement(rows_per: int) -> str:
             return f"INSERT INTO {quoted} ({', '.join(expected)}) VALUES " + ", ".join([f"({', '.join('?' * width)})"] * rows_per) + upsert

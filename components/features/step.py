@@ -32,7 +32,19 @@ def features_step(dataset_spec: str, valid: Any, train_set: Any, test_set: Any) 
     storage.write_bytes(train_set.path, to_parquet_bytes(outcome.train))
     storage.write_bytes(test_set.path, to_parquet_bytes(outcome.test))
     for artifact, frame in ((train_set, outcome.train), (test_set, outcome.test)):
-        artifact.metadata.update({"rows": len(frame), "feature_service": outcome.service,
-                                  "from": str(frame["event_timestamp"].min()), "to": str(frame["event_timestamp"].max())})
-    log.info("features: %s, %d train / %d test rows in %.1fs", outcome.service, len(outcome.train), len(outcome.test), time.perf_counter() - started)
+        artifact.metadata.update(
+            {
+                "rows": len(frame),
+                "feature_service": outcome.service,
+                "from": str(frame["event_timestamp"].min()),
+                "to": str(frame["event_timestamp"].max()),
+            }
+        )
+    log.info(
+        "features: %s, %d train / %d test rows in %.1fs",
+        outcome.service,
+        len(outcome.train),
+        len(outcome.test),
+        time.perf_counter() - started,
+    )
     return outcome.service

@@ -66,8 +66,7 @@ def declare(spec: DatasetSpec, settings: Settings) -> FeatureRepo:
         name=spec.name,
         entities=[entity],
         ttl=timedelta(days=spec.ttl_days),
-        schema=[Field(name=f.name, dtype=Float64) for f in spec.numeric]
-        + [Field(name=c.name, dtype=String) for c in spec.categorical],
+        schema=[Field(name=f.name, dtype=Float64) for f in spec.numeric] + [Field(name=c.name, dtype=String) for c in spec.categorical],
         source=source,
         online=True,
     )

@@ -20,8 +20,9 @@ traffic against exactly those bins, so nothing of the training data is needed at
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,9 +94,15 @@ class DriftSummary:
         return not self.insufficient and (bool(self.drifted) or self.prediction_drifted)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "insufficient": self.insufficient, "alert": self.alert, "drifted": self.drifted,
-                "thresholds": asdict(self.thresholds), "features": [asdict(f) for f in self.features],
-                "prediction": asdict(self.prediction) if self.prediction else None}
+        return {
+            "rows": self.rows,
+            "insufficient": self.insufficient,
+            "alert": self.alert,
+            "drifted": self.drifted,
+            "thresholds": asdict(self.thresholds),
+            "features": [asdict(f) for f in self.features],
+            "prediction": asdict(self.prediction) if self.prediction else None,
+        }
 
 
 def ks_critical(n: int, m: int, thresholds: Thresholds) -> float:
@@ -180,9 +187,21 @@ def numeric_drift(name: str, values: np.ndarray, reference: Mapping[str, Any], r
     m = max(int(round(reference_rows * (1 - null_ref))), 1)
     crit = ks_critical(valid, m, th)
     level, reasons = _level(value, d, crit, null_cur - null_ref, th)
-    return FeatureDrift(feature=name, kind="numeric", rows=valid, psi=value, level=level, ks_d=d, ks_critical=crit,
-                        null_reference=null_ref, null_current=null_cur, bins=_edge_labels(edges),
-                        reference=ref_freq.tolist(), current=cur_freq.tolist(), reasons=reasons)
+    return FeatureDrift(
+        feature=name,
+        kind="numeric",
+        rows=valid,
+        psi=value,
+        level=level,
+        ks_d=d,
+        ks_critical=crit,
+        null_reference=null_ref,
+        null_current=null_cur,
+        bins=_edge_labels(edges),
+        reference=ref_freq.tolist(),
+        current=cur_freq.tolist(),
+        reasons=reasons,
+    )
 
 
 def categorical_drift(name: str, values: Sequence[Any], reference: Mapping[str, float], th: Thresholds) -> FeatureDrift:
@@ -204,9 +223,20 @@ def categorical_drift(name: str, values: Sequence[Any], reference: Mapping[str, 
     if unseen:
         top = ", ".join(repr(v) for v in counts.index[~counts.index.isin(known)][:3])
         reasons.append(f"{unseen} value(s) never seen in training ({unseen / total:.1%}; e.g. {top})")
-    return FeatureDrift(feature=name, kind="categorical", rows=total, psi=value, level=level, null_reference=null_ref,
-                        null_current=null_cur, unseen_fraction=unseen / max(total, 1), bins=[*known, UNSEEN],
-                        reference=ref_freq.tolist(), current=cur_freq.tolist(), reasons=reasons)
+    return FeatureDrift(
+        feature=name,
+        kind="categorical",
+        rows=total,
+        psi=value,
+        level=level,
+        null_reference=null_ref,
+        null_current=null_cur,
+        unseen_fraction=unseen / max(total, 1),
+        bins=[*known, UNSEEN],
+        reference=ref_freq.tolist(),
+        current=cur_freq.tolist(),
+        reasons=reasons,
+    )
 
 
 def prediction_drift(probabilities: np.ndarray, reference: Mapping[str, Any], reference_rows: int, th: Thresholds) -> FeatureDrift:

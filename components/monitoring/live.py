@@ -63,8 +63,17 @@ def live_performance(joined: pd.DataFrame, buckets: int = 8) -> tuple[pd.DataFra
         mask = np.asarray(codes) == b
         yb, pb = y[mask], p[mask]
         auc = float(roc_auc_score(yb, pb)) if len(set(yb.tolist())) == 2 else float("nan")
-        rows.append({"from": joined["ts"][mask].min(), "to": joined["ts"][mask].max(), "rows": int(mask.sum()),
-                     "positives": int(yb.sum()), "roc_auc": auc, "brier": float(np.mean((pb - yb) ** 2)), "ece": expected_calibration_error(yb, pb)})
+        rows.append(
+            {
+                "from": joined["ts"][mask].min(),
+                "to": joined["ts"][mask].max(),
+                "rows": int(mask.sum()),
+                "positives": int(yb.sum()),
+                "roc_auc": auc,
+                "brier": float(np.mean((pb - yb) ** 2)),
+                "ece": expected_calibration_error(yb, pb),
+            }
+        )
     perf = pd.DataFrame(rows)
     calib = pd.DataFrame(calibration_bins(y, p))  # the bins the ECE is computed on, so the plot shows that number
     return perf, calib

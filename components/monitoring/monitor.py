@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,10 @@ def champion_reference(settings: Settings, model_name: str) -> Champion:
     client = tracking.configure(settings)
     version = tracking.alias_version(client, model_name, "champion")
     if version is None:
-        raise MonitorError(f"model {model_name!r} has no 'champion' in the MLflow registry at {settings.mlflow_tracking_uri}: "
-                           "deploy a model first (`make demo`)")
+        raise MonitorError(
+            f"model {model_name!r} has no 'champion' in the MLflow registry at {settings.mlflow_tracking_uri}: "
+            "deploy a model first (`make demo`)"
+        )
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         local = Path(tracking.download_bundle(client, version, tmp))
         bundle_lib.verify(local)
@@ -66,23 +68,31 @@ def analyse(config: MonitorConfig, settings: Settings, now: datetime | None = No
     """Drift of the window's traffic against the champion profile, plus live performance where labels exist."""
     from components.core.request_log import read_window
 
-    end = now or datetime.now(timezone.utc)
+    end = now or datetime.now(UTC)
     start = end - timedelta(hours=config.window_hours)
     champion = champion or champion_reference(settings, config.model_name)
     service = config.log_name
     logs = read_window(log_root(settings), service, start, end)
     numeric = list(champion.profile.get("numeric", {}))
     categorical = list(champion.profile.get("categorical", {}))
-    features = pd.DataFrame({n: logs[f"f.{n}"] if f"f.{n}" in logs.columns else pd.Series([None] * len(logs), dtype=object)
-                             for n in [*numeric, *categorical]})
+    features = pd.DataFrame(
+        {n: logs[f"f.{n}"] if f"f.{n}" in logs.columns else pd.Series([None] * len(logs), dtype=object) for n in [*numeric, *categorical]}
+    )
     versions = {str(k): int(v) for k, v in logs["version"].value_counts().items()} if len(logs) else {}
     # The score distribution belongs to one model: compare only the champion's own answers when it has any.
     own = logs["version"].astype(str).isin(champion.served_versions) if len(logs) else None
     scored = logs[own] if own is not None and own.any() else logs
     probabilities = scored["probability"].to_numpy(dtype=np.float64) if len(scored) else None
     summary = compare(features, probabilities, champion.profile, config.thresholds)
-    analysis = Analysis(model_name=config.model_name, service=service, champion_version=champion.version, start=start,
-                        end=end, summary=summary, versions=versions)
+    analysis = Analysis(
+        model_name=config.model_name,
+        service=service,
+        champion_version=champion.version,
+        start=start,
+        end=end,
+        summary=summary,
+        versions=versions,
+    )
     if config.labels_uri:
         joined = join_labels(logs, read_labels(config.labels_uri))
         analysis.labeled = len(joined)
@@ -124,10 +134,17 @@ def decide(summary: DriftSummary, state: dict[str, Any], now: datetime, cooldown
     return Decision("retrain", f"drift in {what}", last)
 
 
-def claim_and_trigger(settings: Settings, service: str, summary: DriftSummary, cooldown_hours: float, trigger: Trigger,
-                      training_arguments: dict[str, Any], now: datetime | None = None) -> Decision:
+def claim_and_trigger(
+    settings: Settings,
+    service: str,
+    summary: DriftSummary,
+    cooldown_hours: float,
+    trigger: Trigger,
+    training_arguments: dict[str, Any],
+    now: datetime | None = None,
+) -> Decision:
     """Re-check the cooldown, record the trigger, then start the training; returns what was done."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     state = read_cooldown(settings, service)
     decision = decide(summary, state, now, cooldown_hours)
     if not decision.retrain:
@@ -159,10 +176,17 @@ class MonitorResult:
     prometheus_path: str
 
 
-def run_monitor(config: MonitorConfig, settings: Settings, trigger: Trigger | None, training_arguments: dict[str, Any],
-                now: datetime | None = None, report_path: str = "", pushgateway_url: str = "") -> MonitorResult:
+def run_monitor(
+    config: MonitorConfig,
+    settings: Settings,
+    trigger: Trigger | None,
+    training_arguments: dict[str, Any],
+    now: datetime | None = None,
+    report_path: str = "",
+    pushgateway_url: str = "",
+) -> MonitorResult:
     """Analyse, decide, trigger (when a trigger is given), and write the report and the gauges."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     analysis = analyse(config, settings, now)
     if trigger is None:
         decision = decide(analysis.summary, read_cooldown(settings, analysis.service), now, config.cooldown_hours)
@@ -171,6 +195,12 @@ def run_monitor(config: MonitorConfig, settings: Settings, trigger: Trigger | No
     report_path = report_path or storage.join(monitor_home(settings, analysis.service), "reports", f"drift-{now:%Y%m%dT%H%M%S}.html")
     storage.write_bytes(report_path, report_html(analysis, decision).encode())
     prom = write_prometheus(settings, analysis, decision, now, pushgateway_url)
-    log.info("monitor %s: %d rows, drifted %s, decision %s (%s)", analysis.service, analysis.summary.rows,
-             analysis.summary.drifted or "none", decision.action, decision.reason)
+    log.info(
+        "monitor %s: %d rows, drifted %s, decision %s (%s)",
+        analysis.service,
+        analysis.summary.rows,
+        analysis.summary.drifted or "none",
+        decision.action,
+        decision.reason,
+    )
     return MonitorResult(analysis=analysis, decision=decision, report_path=report_path, prometheus_path=prom)

@@ -20,8 +20,12 @@ from components.monitoring.records import Analysis, Decision, MonitorError
 
 def headline_metrics(analysis: Analysis) -> dict[str, float]:
     s = analysis.summary
-    out = {"rows": float(s.rows), "features_drifted": float(len(s.drifted)), "alert": float(s.alert),
-           "max_psi": max((f.psi for f in s.features), default=0.0)}
+    out = {
+        "rows": float(s.rows),
+        "features_drifted": float(len(s.drifted)),
+        "alert": float(s.alert),
+        "max_psi": max((f.psi for f in s.features), default=0.0),
+    }
     if s.prediction:
         out["prediction_psi"] = s.prediction.psi
     for f in s.features:
@@ -53,12 +57,26 @@ def prometheus_text(analysis: Analysis, decision: Decision | None, now: datetime
             text = ",".join(f'{k}="{_label(v)}"' for k, v in {"model": model, **labels}.items())
             lines.append(f"{name}{{{text}}} {value:.6g}")
 
-    gauge("mlwf_drift_psi", "Population Stability Index of a feature against the champion's training profile",
-          [({"feature": f.feature, "kind": f.kind}, f.psi) for f in s.features] + ([({"feature": "prediction", "kind": "prediction"}, s.prediction.psi)] if s.prediction else []))
-    gauge("mlwf_drift_ks_statistic", "Kolmogorov-Smirnov D at the profile's bin edges",
-          [({"feature": f.feature}, f.ks_d) for f in [*s.features, *([s.prediction] if s.prediction else [])] if f.ks_d is not None])
-    gauge("mlwf_drift_ks_critical", "KS critical value (sample-size aware, with the configured floor)",
-          [({"feature": f.feature}, f.ks_critical) for f in [*s.features, *([s.prediction] if s.prediction else [])] if f.ks_critical is not None])
+    gauge(
+        "mlwf_drift_psi",
+        "Population Stability Index of a feature against the champion's training profile",
+        [({"feature": f.feature, "kind": f.kind}, f.psi) for f in s.features]
+        + ([({"feature": "prediction", "kind": "prediction"}, s.prediction.psi)] if s.prediction else []),
+    )
+    gauge(
+        "mlwf_drift_ks_statistic",
+        "Kolmogorov-Smirnov D at the profile's bin edges",
+        [({"feature": f.feature}, f.ks_d) for f in [*s.features, *([s.prediction] if s.prediction else [])] if f.ks_d is not None],
+    )
+    gauge(
+        "mlwf_drift_ks_critical",
+        "KS critical value (sample-size aware, with the configured floor)",
+        [
+            ({"feature": f.feature}, f.ks_critical)
+            for f in [*s.features, *([s.prediction] if s.prediction else [])]
+            if f.ks_critical is not None
+        ],
+    )
     gauge("mlwf_drift_features_drifted", "Features at the alert level", [({}, float(len(s.drifted)))])
     gauge("mlwf_drift_alert", "1 when drift crossed the alert threshold in the last window", [({}, float(s.alert))])
     gauge("mlwf_drift_psi_alert_threshold", "The PSI alert threshold the monitor used", [({}, s.thresholds.psi_alert)])
@@ -69,7 +87,11 @@ def prometheus_text(analysis: Analysis, decision: Decision | None, now: datetime
     if analysis.performance is not None and len(analysis.performance):
         metrics = headline_metrics(analysis)
         if "live_roc_auc_latest" in metrics:
-            gauge("mlwf_live_roc_auc", "ROC-AUC of served predictions with delayed labels (latest bucket)", [({}, metrics["live_roc_auc_latest"])])
+            gauge(
+                "mlwf_live_roc_auc",
+                "ROC-AUC of served predictions with delayed labels (latest bucket)",
+                [({}, metrics["live_roc_auc_latest"])],
+            )
         gauge("mlwf_live_ece", "Expected calibration error of served predictions with delayed labels", [({}, metrics["live_ece"])])
         gauge("mlwf_live_labeled_rows", "Served predictions joined to a delayed label", [({}, float(analysis.labeled))])
     return "\n".join(lines) + "\n"
@@ -111,10 +133,16 @@ def _plots(analysis: Analysis) -> list[tuple[str, str]]:
     for ax, f in zip(axes.ravel(), panels):
         x = np.arange(len(f.bins))
         ax.bar(x - 0.2, f.reference, 0.4, label="training")
-        ax.bar(x + 0.2, f.current, 0.4, label="served", color="tab:red" if f.level == "alert" else "tab:orange" if f.level == "warn" else "tab:green")
+        ax.bar(
+            x + 0.2,
+            f.current,
+            0.4,
+            label="served",
+            color="tab:red" if f.level == "alert" else "tab:orange" if f.level == "warn" else "tab:green",
+        )
         ax.set_xticks(x, [b[:12] for b in f.bins], rotation=60, fontsize=7)
         ax.set_title(f"{f.feature}: PSI {f.psi:.3f} ({f.level})", fontsize=9)
-    for ax in axes.ravel()[len(panels):]:
+    for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
     fig.tight_layout()
@@ -153,26 +181,61 @@ def report_html(analysis: Analysis, decision: Decision | None) -> str:
     rows, classes = [], []
     for f in [*s.features, *([s.prediction] if s.prediction else [])]:
         ks = f"{f.ks_d:.3f} / {f.ks_critical:.3f}" if f.ks_d is not None and f.ks_critical is not None else "-"
-        rows.append([f.feature, f.kind, f.rows, f"{f.psi:.4f}", ks, f"{f.null_reference:.3f} → {f.null_current:.3f}",
-                     f"{f.unseen_fraction:.2%}", f.level, "; ".join(f.reasons)])
+        rows.append(
+            [
+                f.feature,
+                f.kind,
+                f.rows,
+                f"{f.psi:.4f}",
+                ks,
+                f"{f.null_reference:.3f} → {f.null_current:.3f}",
+                f"{f.unseen_fraction:.2%}",
+                f.level,
+                "; ".join(f.reasons),
+            ]
+        )
         classes.append(_LEVEL_ROW.get(f.level, ""))
-    features = table(["feature", "kind", "rows", "PSI", "KS D / critical", "null fraction", "unseen", "level", "why"],
-                     rows, classes, numeric=[2, 3, 4, 6])
+    features = table(
+        ["feature", "kind", "rows", "PSI", "KS D / critical", "null fraction", "unseen", "level", "why"],
+        rows,
+        classes,
+        numeric=[2, 3, 4, 6],
+    )
     decided = tag("p", join([tag("b", "Decision:"), f" {decision.action}: {decision.reason}"])) if decision else ""
     perf: Any = ""
     if analysis.performance is not None and len(analysis.performance):
         frame = analysis.performance
         cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
-        perf = join([tag("h2", f"Live performance ({analysis.labeled} labeled predictions)"),
-                     table(list(frame.columns), cells, numeric=range(2, len(frame.columns)))])
+        perf = join(
+            [
+                tag("h2", f"Live performance ({analysis.labeled} labeled predictions)"),
+                table(list(frame.columns), cells, numeric=range(2, len(frame.columns))),
+            ]
+        )
     elif analysis.labeled == 0:
         perf = tag("p", "No delayed labels joined to this window's predictions.")
-    plots = [join([tag("h2", title), Html(f'<img alt="{esc(title)}" src="data:image/png;base64,{png}">')]) for title, png in _plots(analysis)]
+    plots = [
+        join([tag("h2", title), Html(f'<img alt="{esc(title)}" src="data:image/png;base64,{png}">')]) for title, png in _plots(analysis)
+    ]
     th = s.thresholds
-    return page(f"Drift {analysis.service}", _WARN_ROW_CSS,
-                banner(status, f"{analysis.model_name} (champion v{analysis.champion_version}): {verdict}", [
-                    f"Window {analysis.start:%Y-%m-%d %H:%M} → {analysis.end:%Y-%m-%d %H:%M} UTC, {s.rows} served rows; "
-                    f"versions served: {json.dumps(analysis.versions)}."]),
-                tag("p", f"Thresholds: PSI warn {th.psi_warn}, alert {th.psi_alert}; KS alpha {th.ks_alpha} with D floor {th.ks_min_d}; "
-                         f"null-fraction change {th.null_delta}; at least {th.min_rows} rows."),
-                decided, features, perf, *plots)
+    return page(
+        f"Drift {analysis.service}",
+        _WARN_ROW_CSS,
+        banner(
+            status,
+            f"{analysis.model_name} (champion v{analysis.champion_version}): {verdict}",
+            [
+                f"Window {analysis.start:%Y-%m-%d %H:%M} → {analysis.end:%Y-%m-%d %H:%M} UTC, {s.rows} served rows; "
+                f"versions served: {json.dumps(analysis.versions)}."
+            ],
+        ),
+        tag(
+            "p",
+            f"Thresholds: PSI warn {th.psi_warn}, alert {th.psi_alert}; KS alpha {th.ks_alpha} with D floor {th.ks_min_d}; "
+            f"null-fraction change {th.null_delta}; at least {th.min_rows} rows.",
+        ),
+        decided,
+        features,
+        perf,
+        *plots,
+    )

@@ -7,9 +7,10 @@ modules use them too, and monitor.py uses those modules: one module below all th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -38,7 +39,7 @@ class MonitorConfig:
     def log_name(self) -> str:
         if self.service:
             return self.service
-        
+
         return service_name(self.model_name)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from components.core import storage
@@ -21,9 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def summary_from_dict(data: dict[str, Any]) -> DriftSummary:
-    return DriftSummary(rows=int(data["rows"]), features=[FeatureDrift(**f) for f in data["features"]],
-                        prediction=FeatureDrift(**data["prediction"]) if data.get("prediction") else None,
-                        thresholds=Thresholds(**data["thresholds"]), insufficient=bool(data["insufficient"]))
+    return DriftSummary(
+        rows=int(data["rows"]),
+        features=[FeatureDrift(**f) for f in data["features"]],
+        prediction=FeatureDrift(**data["prediction"]) if data.get("prediction") else None,
+        thresholds=Thresholds(**data["thresholds"]),
+        insufficient=bool(data["insufficient"]),
+    )
 
 
 def drift_step(config: MonitorConfig, pushgateway_url: str, report: Any, metrics: Any, drift: Any) -> bool:
@@ -31,19 +35,25 @@ def drift_step(config: MonitorConfig, pushgateway_url: str, report: Any, metrics
     from components.core.settings import get_settings
 
     settings = get_settings()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     analysis = analyse(config, settings, now)
     decision = decide(analysis.summary, read_cooldown(settings, analysis.service), now, config.cooldown_hours)
     storage.write_bytes(report.path, report_html(analysis, decision).encode())
     for key, value in headline_metrics(analysis).items():
         if value == value:  # NaN is not loggable
             metrics.log_metric(key, float(value))
-    storage.write_bytes(drift.path, json.dumps({"service": analysis.service, "champion_version": analysis.champion_version,
-                                                "summary": analysis.summary.as_dict()}, default=str).encode())
+    storage.write_bytes(
+        drift.path,
+        json.dumps(
+            {"service": analysis.service, "champion_version": analysis.champion_version, "summary": analysis.summary.as_dict()}, default=str
+        ).encode(),
+    )
     prom = write_prometheus(settings, analysis, decision, now, pushgateway_url)
     report.metadata.update({"decision": decision.action, "reason": decision.reason, "drifted": ", ".join(analysis.summary.drifted)})
     drift.metadata.update({"service": analysis.service, "rows": analysis.summary.rows, "prometheus": prom})
-    log.info("drift: %s rows, drifted %s; %s: %s", analysis.summary.rows, analysis.summary.drifted or "none", decision.action, decision.reason)
+    log.info(
+        "drift: %s rows, drifted %s; %s: %s", analysis.summary.rows, analysis.summary.drifted or "none", decision.action, decision.reason
+    )
     return decision.retrain
 
 

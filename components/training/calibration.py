@@ -45,6 +45,11 @@ class IsotonicMap(nn.Module):
     """Piecewise-linear map through the isotonic fit's points (scikit-learn's predict: np.interp, clipped at the
     ends), in float64 so it reproduces scikit-learn to rounding."""
 
+    # buffers (register_buffer), declared for type checkers
+    x: torch.Tensor
+    y: torch.Tensor
+    slope: torch.Tensor
+
     method = "isotonic"
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -67,6 +72,10 @@ class IsotonicMap(nn.Module):
 
 class PlattMap(nn.Module):
     """sigmoid(a * logit(p) + b)."""
+
+    # buffers (register_buffer), declared for type checkers
+    a: torch.Tensor
+    b: torch.Tensor
 
     method = "platt"
 
@@ -197,9 +206,7 @@ def validate_costs(objective: Mapping[str, Any]) -> dict[str, float]:
     for key in COST_KEYS:
         value = float(objective.get(key, 0.0))
         if not math.isfinite(value) or value < 0:
-            raise ValueError(
-                f"cost matrix entry {key!r} = {objective.get(key)!r} must be a finite cost >= 0: {dict(objective)}"
-            )
+            raise ValueError(f"cost matrix entry {key!r} = {objective.get(key)!r} must be a finite cost >= 0: {dict(objective)}")
         costs[key] = value
     if costs["fp"] == 0 and costs["fn"] == 0:
         raise ValueError(f"cost matrix {dict(objective)} gives errors no cost: any threshold would do")

@@ -13,8 +13,10 @@ def _calibration(result: Any) -> str:
     c = getattr(result, "calibration", None) or {}
     if not c:
         return "calibration not recorded"
-    return (f"{c['method']} map fitted on the latest {c['rows']} training rows, {c['from']} to {c['to']}, never trained "
-            f"on; ECE there {c['ece_before']:.4f} before, {c['ece_after']:.4f} after")
+    return (
+        f"{c['method']} map fitted on the latest {c['rows']} training rows, {c['from']} to {c['to']}, never trained "
+        f"on; ECE there {c['ece_before']:.4f} before, {c['ece_after']:.4f} after"
+    )
 
 
 def _objective(result: Any) -> str:
@@ -36,14 +38,14 @@ Not for use on populations or time periods unlike the training data without re-e
 
 ## Data
 - Training rows: {len(train)} ({positives} positive, {positives / max(len(train), 1):.2%}),
-  from {train['event_timestamp'].min()} to {train['event_timestamp'].max()}.
-- Features ({len(spec.feature_names)}): {', '.join(spec.feature_names)}; FeatureService `{lineage['feature_service']}`.
-- Dataset fingerprint: `{lineage['dataset_fingerprint'] or 'n/a'}`.
+  from {train["event_timestamp"].min()} to {train["event_timestamp"].max()}.
+- Features ({len(spec.feature_names)}): {", ".join(spec.feature_names)}; FeatureService `{lineage["feature_service"]}`.
+- Dataset fingerprint: `{lineage["dataset_fingerprint"] or "n/a"}`.
 
 ## Training
 - Tabular network (signed-log + standardised numerics, embeddings for categoricals, MLP), on {result.device}.
 - Best epoch {result.best_epoch}; validation ROC-AUC {result.validation_auc:.4f}.
-- Code version `{lineage['code_version']}`.
+- Code version `{lineage["code_version"]}`.
 
 ## Evaluation
 Test-period metrics, slices and the gate's verdict are in the evaluation report of the pipeline run

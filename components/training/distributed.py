@@ -58,11 +58,22 @@ def params_from_json(text: str) -> TrainParams:
     return TrainParams(**json.loads(text)) if text else TrainParams()
 
 
-def module_arguments(spec: DatasetSpec, train_uri: str, out_uri: str, params: TrainParams, lineage: dict[str, Any],
-                     dump_weights: bool = False) -> list[str]:
+def module_arguments(
+    spec: DatasetSpec, train_uri: str, out_uri: str, params: TrainParams, lineage: dict[str, Any], dump_weights: bool = False
+) -> list[str]:
     """The arguments after `-m components.training.distributed`, for torchrun here or in a TrainJob."""
-    args = ["--spec-json", spec_to_json(spec), "--train-set", train_uri, "--out", out_uri,
-            "--params", json.dumps(dataclasses.asdict(params), sort_keys=True), "--lineage", json.dumps(lineage, sort_keys=True)]
+    args = [
+        "--spec-json",
+        spec_to_json(spec),
+        "--train-set",
+        train_uri,
+        "--out",
+        out_uri,
+        "--params",
+        json.dumps(dataclasses.asdict(params), sort_keys=True),
+        "--lineage",
+        json.dumps(lineage, sort_keys=True),
+    ]
     return args + (["--dump-weights"] if dump_weights else [])
 
 
@@ -99,8 +110,9 @@ def _state_arrays(program: Any) -> dict[str, Any]:
     return {k: v.detach().cpu().numpy() for k, v in program.state_dict().items()}
 
 
-def train_process(spec: DatasetSpec, train_uri: str, out_uri: str, params: TrainParams, lineage: dict[str, Any],
-                  dump_weights: bool = False) -> TrainResult:
+def train_process(
+    spec: DatasetSpec, train_uri: str, out_uri: str, params: TrainParams, lineage: dict[str, Any], dump_weights: bool = False
+) -> TrainResult:
     """What each torchrun process does; rank 0 writes the bundle and the result."""
     import numpy as np
     import pandas as pd
@@ -118,7 +130,13 @@ def train_process(spec: DatasetSpec, train_uri: str, out_uri: str, params: Train
 
         def progress(row: dict[str, float]) -> None:
             if shard.rank == 0:
-                log.info("epoch %d  loss %.4f  val_roc_auc %.4f  %.0f samples/s", row["epoch"], row["loss"], row["val_roc_auc"], row["samples_per_s"])
+                log.info(
+                    "epoch %d  loss %.4f  val_roc_auc %.4f  %.0f samples/s",
+                    row["epoch"],
+                    row["loss"],
+                    row["val_roc_auc"],
+                    row["samples_per_s"],
+                )
 
         program, vocab, result = train_model(train, numeric, categorical, params, progress, shard=shard, device=device)
         if dump_weights:  # for checking that every rank ended with the same weights (npz: no pickle)
@@ -126,8 +144,15 @@ def train_process(spec: DatasetSpec, train_uri: str, out_uri: str, params: Train
             np.savez(buffer, **_state_arrays(program))
             storage.write_bytes(storage.join(out_uri, f"weights-rank{shard.rank}.npz"), buffer.getvalue())
         if shard.rank == 0:
-            lineage = {"dataset": spec.name, "dataset_fingerprint": "", "feature_service": "", "code_version": "unknown",
-                       "model_name": f"{spec.name}_classifier", **lineage, "world_size": shard.world}
+            lineage = {
+                "dataset": spec.name,
+                "dataset_fingerprint": "",
+                "feature_service": "",
+                "code_version": "unknown",
+                "model_name": f"{spec.name}_classifier",
+                **lineage,
+                "world_size": shard.world,
+            }
             with tempfile.TemporaryDirectory() as tmp:
                 staged = Path(tmp) / BUNDLE
                 card = model_card(spec, str(lineage["model_name"]), lineage, result, train)
@@ -149,12 +174,28 @@ def train_process(spec: DatasetSpec, train_uri: str, out_uri: str, params: Train
 
 def torchrun_command(nproc: int, module_args: list[str]) -> list[str]:
     """torchrun for the processes of one node (a standalone rendezvous on a free local port)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "components.training.distributed", *module_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "components.training.distributed",
+        *module_args,
+    ]
 
 
-def run_local(nproc: int, spec: DatasetSpec, train_uri: str, out_uri: str, params: TrainParams,
-              lineage: dict[str, Any], dump_weights: bool = False, timeout_s: float = 24 * 3600) -> TrainResult:
+def run_local(
+    nproc: int,
+    spec: DatasetSpec,
+    train_uri: str,
+    out_uri: str,
+    params: TrainParams,
+    lineage: dict[str, Any],
+    dump_weights: bool = False,
+    timeout_s: float = 24 * 3600,
+) -> TrainResult:
     """Train with `nproc` processes on this node (one per GPU, or gloo on CPUs) and return rank 0's result."""
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
@@ -180,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump-weights", action="store_true", help="every rank writes weights-rank<N>.npz under --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(levelname)s %(name)s: %(message)s")
-    train_process(spec_from_json(args.spec_json), args.train_set, args.out, params_from_json(args.params),
-                  json.loads(args.lineage), args.dump_weights)
+    train_process(
+        spec_from_json(args.spec_json), args.train_set, args.out, params_from_json(args.params), json.loads(args.lineage), args.dump_weights
+    )
     return 0
 
 

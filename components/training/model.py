@@ -12,6 +12,10 @@ from torch import nn
 
 
 class TabularNet(nn.Module):
+    # buffers (register_buffer), declared for type checkers
+    means: torch.Tensor
+    stds: torch.Tensor
+
     def __init__(
         self,
         means: torch.Tensor,
@@ -26,8 +30,9 @@ class TabularNet(nn.Module):
         self.register_buffer("stds", stds.to(torch.float32).clamp_min(1e-6))
         self.n_numeric = int(means.numel())
         # One row per category plus row 0 for unseen or missing values.
-        self.embeddings = nn.ModuleList(nn.Embedding(c + 1, min(embedding_dim, c + 1)) for c in cardinalities)
-        width = self.n_numeric + sum(e.embedding_dim for e in self.embeddings)
+        embeddings = [nn.Embedding(c + 1, min(embedding_dim, c + 1)) for c in cardinalities]
+        self.embeddings = nn.ModuleList(embeddings)
+        width = self.n_numeric + sum(e.embedding_dim for e in embeddings)
         self.head = nn.Sequential(
             nn.Linear(max(width, 1), hidden),
             nn.ReLU(),

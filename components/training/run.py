@@ -42,19 +42,27 @@ def inputs_fingerprint(train_path: str, params: TrainParams, feature_service: st
 
 def training_description(dataset: str, validation_auc: float, best_epoch: int) -> str:
     """A new version's description. The evaluate step keeps the first paragraph and replaces the rest with its verdict."""
-    return (f"{dataset}: validation ROC-AUC {validation_auc:.4f} (best epoch {best_epoch}).\n\n"
-            f"Not evaluated yet: the evaluate step writes the test-period metrics and the gate's verdict here.")
+    return (
+        f"{dataset}: validation ROC-AUC {validation_auc:.4f} (best epoch {best_epoch}).\n\n"
+        f"Not evaluated yet: the evaluate step writes the test-period metrics and the gate's verdict here."
+    )
 
 
 def environment() -> dict[str, str]:
     """What the run ran on: versions and the device, logged as MLflow parameters."""
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": __import__("numpy").__version__,
-           "cuda": str(torch.version.cuda or "none"), "platform": platform.platform(terse=True)}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": __import__("numpy").__version__,
+        "cuda": str(torch.version.cuda or "none"),
+        "platform": platform.platform(terse=True),
+    }
     if torch.cuda.is_available():
-        env.update(cudnn=str(torch.backends.cudnn.version()), gpu_count=str(torch.cuda.device_count()),
-                   device_name=torch.cuda.get_device_name(0))
+        env.update(
+            cudnn=str(torch.backends.cudnn.version()), gpu_count=str(torch.cuda.device_count()), device_name=torch.cuda.get_device_name(0)
+        )
     else:
         env.update(gpu_count="0", device_name=platform.processor() or platform.machine())
     return env
@@ -73,8 +81,17 @@ def _local_processes() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
-def _train_data_parallel(spec: DatasetSpec, train_path: str, params: TrainParams, lineage: dict[str, Any], staged: Path,
-                         nodes: int, gpus_per_node: int, nproc: int, api_client: Any) -> tuple[TrainResult, str]:
+def _train_data_parallel(
+    spec: DatasetSpec,
+    train_path: str,
+    params: TrainParams,
+    lineage: dict[str, Any],
+    staged: Path,
+    nodes: int,
+    gpus_per_node: int,
+    nproc: int,
+    api_client: Any,
+) -> tuple[TrainResult, str]:
     """Train with torchrun on this node's GPUs, or with a TrainJob on `nodes` nodes; rank 0's bundle lands in `staged`."""
     from components.training import distributed
 
@@ -124,8 +141,10 @@ def run_training_step(
     if nodes > 1 and not storage.is_s3(settings.state_dir):
         from components.training.trainjob import TrainJobError
 
-        raise TrainJobError(f"training on {nodes} nodes needs MLWF_STATE_DIR on s3:// (every node reads the training set "
-                            f"and rank 0 writes the bundle there), got {settings.state_dir!r}")
+        raise TrainJobError(
+            f"training on {nodes} nodes needs MLWF_STATE_DIR on s3:// (every node reads the training set "
+            f"and rank 0 writes the bundle there), got {settings.state_dir!r}"
+        )
     client = tracking.configure(settings)
     name = model_name(spec)
     code = tracking.code_version()
@@ -137,8 +156,14 @@ def run_training_step(
             local = tracking.download_bundle(client, existing, tmp)
             bundle_lib.verify(local)
             storage.copy_dir(local, model_dir)
-        return {"model_name": name, "version": str(existing.version), "run_id": existing.run_id, "reused": True,
-                "bundle_sha256": bundle_lib.bundle_digest(model_dir), "source": existing.source}
+        return {
+            "model_name": name,
+            "version": str(existing.version),
+            "run_id": existing.run_id,
+            "reused": True,
+            "bundle_sha256": bundle_lib.bundle_digest(model_dir),
+            "source": existing.source,
+        }
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
@@ -180,16 +205,26 @@ def run_training_step(
     with mlflow.start_run(run_name=tracking.run_name(spec.name, None, pipeline_run)) as run:
         mlflow.set_tags(tags)
         mlflow.log_params(params_dict(params))
-        mlflow.log_params({"rows_train": len(train), "features": ",".join(spec.feature_names), "nodes": nodes,
-                           "processes_per_node": nproc, "feature_service": feature_service,
-                           "dataset_fingerprint": dataset_fingerprint, "code_version": code})
+        mlflow.log_params(
+            {
+                "rows_train": len(train),
+                "features": ",".join(spec.feature_names),
+                "nodes": nodes,
+                "processes_per_node": nproc,
+                "feature_service": feature_service,
+                "dataset_fingerprint": dataset_fingerprint,
+                "code_version": code,
+            }
+        )
         mlflow.log_params({f"env.{k}": v for k, v in environment().items()})
         dataset = from_pandas(train, source=train_path, targets="label", name=feature_service, digest=training_sha[:32])
         mlflow.log_input(dataset, context="training", tags={"dataset_fingerprint": dataset_fingerprint[:250]})
         lineage["run_id"] = run.info.run_id
 
         def progress(row: dict[str, float]) -> None:
-            log.info("epoch %d  loss %.4f  val_roc_auc %.4f  %.0f samples/s", row["epoch"], row["loss"], row["val_roc_auc"], row["samples_per_s"])
+            log.info(
+                "epoch %d  loss %.4f  val_roc_auc %.4f  %.0f samples/s", row["epoch"], row["loss"], row["val_roc_auc"], row["samples_per_s"]
+            )
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -202,22 +237,52 @@ def run_training_step(
                 program, vocab, result = train_model(train, numeric, categorical, params, progress)
                 card = model_card(spec, name, lineage, result, train)
                 digest = build_bundle(staged, program, vocab, result, train, numeric, categorical, lineage, card)
-            mlflow.log_metrics({"best_epoch": result.best_epoch, "val_roc_auc_best": result.validation_auc,
-                                "threshold": result.threshold, "train_samples_per_s": result.samples_per_second,
-                                "epochs_run": len(result.history)})
+            mlflow.log_metrics(
+                {
+                    "best_epoch": result.best_epoch,
+                    "val_roc_auc_best": result.validation_auc,
+                    "threshold": result.threshold,
+                    "train_samples_per_s": result.samples_per_second,
+                    "epochs_run": len(result.history),
+                }
+            )
             calibration = result.calibration or {}
-            mlflow.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
-                                if k in ("ece_before", "ece_after", "rows", "positives", "f1", "expected_cost")})
-            mlflow.set_tags({"mlwf.device": result.device, "mlwf.world_size": str(result.world_size),
-                             "mlwf.calibration": str(calibration.get("method", "none"))})
+            mlflow.log_metrics(
+                {
+                    f"calibration_{k}": float(v)
+                    for k, v in calibration.items()
+                    if k in ("ece_before", "ece_after", "rows", "positives", "f1", "expected_cost")
+                }
+            )
+            mlflow.set_tags(
+                {
+                    "mlwf.device": result.device,
+                    "mlwf.world_size": str(result.world_size),
+                    "mlwf.calibration": str(calibration.get("method", "none")),
+                }
+            )
             mlflow.log_artifacts(str(staged), artifact_path="bundle")
             storage.copy_dir(str(staged), model_dir)
         source = f"{run.info.artifact_uri}/bundle"
         # Registered last, so no version ever points at a run that failed half-way.
-        version = tracking.register(client, name, run.info.run_id, source,
-                                    {tracking.INPUTS_TAG: fingerprint, tracking.BUNDLE_TAG: digest},
-                                    training_description(spec.name, result.validation_auc, result.best_epoch))
+        version = tracking.register(
+            client,
+            name,
+            run.info.run_id,
+            source,
+            {tracking.INPUTS_TAG: fingerprint, tracking.BUNDLE_TAG: digest},
+            training_description(spec.name, result.validation_auc, result.best_epoch),
+        )
         mlflow.set_tags({"mlwf.model_version": version, "mlflow.runName": tracking.run_name(spec.name, version, pipeline_run)})
-    return {"model_name": name, "version": version, "run_id": run.info.run_id, "reused": False,
-            "bundle_sha256": digest, "source": source, "device": result.device, "world_size": result.world_size,
-            "epochs": len(result.history), "val_roc_auc": result.validation_auc}
+    return {
+        "model_name": name,
+        "version": version,
+        "run_id": run.info.run_id,
+        "reused": False,
+        "bundle_sha256": digest,
+        "source": source,
+        "device": result.device,
+        "world_size": result.world_size,
+        "epochs": len(result.history),
+        "val_roc_auc": result.validation_auc,
+    }

@@ -16,9 +16,21 @@ from components.core.logs import log_metrics, setup_logging
 log = logging.getLogger("mlwf")
 
 
-def train_step(dataset_spec: str, train_set: Any, feature_service: str, dataset_fingerprint: str, epochs: int, seed: int, model: Any, metrics: Any,
-               nodes: int = 1, gpus_per_node: int = 1, pipeline_run: str = "", pipeline_run_name: str = "",
-               threshold_objective: str = "f1") -> tuple[str, str]:
+def train_step(
+    dataset_spec: str,
+    train_set: Any,
+    feature_service: str,
+    dataset_fingerprint: str,
+    epochs: int,
+    seed: int,
+    model: Any,
+    metrics: Any,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    pipeline_run: str = "",
+    pipeline_run_name: str = "",
+    threshold_objective: str = "f1",
+) -> tuple[str, str]:
     """`threshold_objective`: "f1" or the policy's cost matrix as JSON (what the decision threshold optimises)."""
     setup_logging()
     from components.core.spec import load_spec
@@ -33,11 +45,26 @@ def train_step(dataset_spec: str, train_set: Any, feature_service: str, dataset_
     log.info("train: %d torch thread(s) (the CPU budget of this process)", threads)
     spec = load_spec(dataset_spec)
     params = TrainParams(epochs=int(epochs), seed=int(seed), threshold_objective=threshold_objective or "f1")
-    out = run_training_step(spec, train_set.path, model.path, params, feature_service, dataset_fingerprint,
-                            nodes=int(nodes), gpus_per_node=int(gpus_per_node), pipeline_run=pipeline_run,
-                            pipeline_run_name=pipeline_run_name)
+    out = run_training_step(
+        spec,
+        train_set.path,
+        model.path,
+        params,
+        feature_service,
+        dataset_fingerprint,
+        nodes=int(nodes),
+        gpus_per_node=int(gpus_per_node),
+        pipeline_run=pipeline_run,
+        pipeline_run_name=pipeline_run_name,
+    )
     model.metadata.update({k: v for k, v in out.items() if isinstance(v, (str, int, float, bool))})
     model.metadata["framework"] = "pytorch (torch.export bundle)"
     log_metrics(metrics, {k: out[k] for k in ("val_roc_auc", "epochs", "world_size") if k in out})
-    log.info("train: %s version %s (%s) in %.1fs", out["model_name"], out["version"], "reused" if out["reused"] else "new", time.perf_counter() - started)
+    log.info(
+        "train: %s version %s (%s) in %.1fs",
+        out["model_name"],
+        out["version"],
+        "reused" if out["reused"] else "new",
+        time.perf_counter() - started,
+    )
     return str(out["model_name"]), str(out["version"])

@@ -17,9 +17,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ def threshold_objective(text: str) -> str | dict[str, float]:
     except ValueError as err:
         raise ValueError(f"threshold objective {text!r} is neither 'f1' nor a JSON cost matrix: {err}") from None
     if not isinstance(costs, dict):
-        raise ValueError(f"threshold objective {text!r} is neither 'f1' nor a cost matrix like {{\"fp\": 1, \"fn\": 20}}")
+        raise ValueError(f'threshold objective {text!r} is neither \'f1\' nor a cost matrix like {{"fp": 1, "fn": 20}}')
     return validate_costs(costs)
 
 
@@ -97,7 +98,8 @@ def split_validation(ordered: pd.DataFrame, params: TrainParams) -> tuple[pd.Dat
         raise ValueError(
             f"too little data to hold out a calibration tail: the latest {len(calib_df)} training rows "
             f"({positives} positive, {negatives} negative) are the tail; it needs at least {MIN_CALIBRATION_ROWS} rows "
-            f"with both classes (train on more rows, or a longer period)")
+            f"with both classes (train on more rows, or a longer period)"
+        )
     # Early stopping watches the WHOLE validation period, tail included: halving it made the stopping epoch noise on
     # small sets (6,000 rows: ~13 positives left, test ROC-AUC 0.74 against 0.81). Choosing an epoch by ranking
     # (ROC-AUC) fits nothing the calibration map fits; the map and the threshold are fitted on the tail alone.
@@ -149,7 +151,9 @@ def reference_profile(train: pd.DataFrame, numeric: list[str], categorical: list
     return profile
 
 
-def _tensors(df: pd.DataFrame, numeric: list[str], categorical: list[str], vocab: dict[str, list[str]], device: Any) -> tuple[Any, Any, Any]:
+def _tensors(
+    df: pd.DataFrame, numeric: list[str], categorical: list[str], vocab: dict[str, list[str]], device: Any
+) -> tuple[Any, Any, Any]:
     import torch
 
     n = len(df)
@@ -157,7 +161,7 @@ def _tensors(df: pd.DataFrame, numeric: list[str], categorical: list[str], vocab
     codes = np.zeros((n, max(len(categorical), 1)), dtype=np.int64)
     for j, name in enumerate(categorical):
         lookup = {v: i + 1 for i, v in enumerate(vocab[name])}
-        codes[:, j] = df[name].map(lambda v: lookup.get(v, 0) if isinstance(v, str) else 0).to_numpy()
+        codes[:, j] = df[name].map(lambda v, table=lookup: table.get(v, 0) if isinstance(v, str) else 0).to_numpy()
     y = df[LABEL].to_numpy(dtype=np.float32)
     return (torch.from_numpy(num).to(device), torch.from_numpy(codes).to(device), torch.from_numpy(y).to(device))
 
@@ -233,8 +237,7 @@ def train_model(
             xn = net.standardize(xn)
     loss_fn = torch.nn.BCEWithLogitsLoss()  # unweighted: the scores estimate the observed rate
     # Fused AdamW: one kernel for the whole update instead of several per parameter tensor (CUDA and CPU).
-    optimizer = torch.optim.AdamW(net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay,
-                                  fused=True)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=True)
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
     batch_size = max(1, min(params.batch_size, len(y) // (shard.world * params.min_steps_per_epoch)))
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -304,15 +307,26 @@ def train_model(
     result.validation_auc = best_auc
     result.threshold = chosen["threshold"]
     result.calibration = {
-        "method": fit.method, "why": fit.reason, "rows": int(len(calib_df)), "positives": fit.positives,
-        "from": str(calib_df[EVENT_TIMESTAMP].min()), "to": str(calib_df[EVENT_TIMESTAMP].max()),
+        "method": fit.method,
+        "why": fit.reason,
+        "rows": int(len(calib_df)),
+        "positives": fit.positives,
+        "from": str(calib_df[EVENT_TIMESTAMP].min()),
+        "to": str(calib_df[EVENT_TIMESTAMP].max()),
         "ece_before": expected_calibration_error(y_calib, raw.astype(np.float64)),
         "ece_after": expected_calibration_error(y_calib, calibrated),
-        "objective": objective, **{k: v for k, v in chosen.items() if k in ("f1", "expected_cost")},
+        "objective": objective,
+        **{k: v for k, v in chosen.items() if k in ("f1", "expected_cost")},
     }
     result.samples_per_second = float(np.median([r["samples_per_s"] for r in result.history]))
-    log.info("trained %d epochs in %.1fs on %s (%d process%s)", len(result.history), time.perf_counter() - started,
-             device, shard.world, "es" if shard.world > 1 else "")
+    log.info(
+        "trained %d epochs in %.1fs on %s (%d process%s)",
+        len(result.history),
+        time.perf_counter() - started,
+        device,
+        shard.world,
+        "es" if shard.world > 1 else "",
+    )
     return program, vocab, result
 
 
@@ -355,9 +369,7 @@ def build_bundle(
         "lineage": lineage,
     }
     (root / bundle_lib.SIGNATURE).write_text(json.dumps(signature, indent=2, sort_keys=True))
-    numeric_t, codes_t = bundle_lib.Bundle(root, signature, {}, program).encode(
-        bundle_lib.columns_from_frame(train, numeric + categorical)
-    )
+    numeric_t, codes_t = bundle_lib.Bundle(root, signature, {}, program).encode(bundle_lib.columns_from_frame(train, numeric + categorical))
     with torch.inference_mode():
         scores = program(numeric_t, codes_t).numpy()
     profile = reference_profile(train, numeric, categorical, scores)

@@ -48,15 +48,25 @@ def job_name(run_id: str) -> str:
 
 
 def _env() -> list[Obj]:
-    env: list[Obj] = [{"name": key, "valueFrom": {"configMapKeyRef": {"name": CONFIG_MAP, "key": key, "optional": True}}}
-                      for key in CONFIG_KEYS]
+    env: list[Obj] = [
+        {"name": key, "valueFrom": {"configMapKeyRef": {"name": CONFIG_MAP, "key": key, "optional": True}}} for key in CONFIG_KEYS
+    ]
     for secret, keys in SECRET_KEYS.items():
         env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}} for key in keys]
     return env + [{"name": "PYTHONUNBUFFERED", "value": "1"}]
 
 
-def build_trainjob(name: str, namespace: str, image: str, module_args: list[str], nodes: int, gpus_per_node: int,
-                   settings: Settings, cpu: str = "4", memory: str = "16Gi") -> Obj:
+def build_trainjob(
+    name: str,
+    namespace: str,
+    image: str,
+    module_args: list[str],
+    nodes: int,
+    gpus_per_node: int,
+    settings: Settings,
+    cpu: str = "4",
+    memory: str = "16Gi",
+) -> Obj:
     """The TrainJob: `nodes` nodes, one process per GPU (one process on a CPU node), rank 0 writes the result."""
     if nodes < 1:
         raise ValueError(f"a TrainJob needs at least one node, got {nodes}")
@@ -88,13 +98,17 @@ def build_trainjob(name: str, namespace: str, image: str, module_args: list[str]
         pod["serviceAccountName"] = settings.trainjob_service_account
     if pod:
         replicated = {"name": NODE_JOB, "template": {"spec": {"template": {"spec": pod}}}}
-        spec["runtimePatches"] = [{"manager": PATCH_MANAGER,
-                                   "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated]}}}}]
+        spec["runtimePatches"] = [
+            {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated]}}}}
+        ]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "mlwf",
-                                                                     "app.kubernetes.io/component": "train"}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "mlwf", "app.kubernetes.io/component": "train"},
+        },
         "spec": spec,
     }
 
@@ -178,7 +192,13 @@ def run_trainjob(body: Obj, timeout_s: float, api_client: Any = None, poll_s: fl
     """Create the TrainJob (or find the one a previous attempt created) and wait for it to complete."""
     api = custom_objects_api(api_client)
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    log.info("TrainJob %s/%s: %d node(s) x %d process(es), runtime %s", namespace, name, body["spec"]["trainer"]["numNodes"],
-             body["spec"]["trainer"]["numProcPerNode"], body["spec"]["runtimeRef"]["name"])
+    log.info(
+        "TrainJob %s/%s: %d node(s) x %d process(es), runtime %s",
+        namespace,
+        name,
+        body["spec"]["trainer"]["numNodes"],
+        body["spec"]["trainer"]["numProcPerNode"],
+        body["spec"]["runtimeRef"]["name"],
+    )
     create(api, body)
     return wait(api, name, namespace, timeout_s, poll_s)

@@ -51,9 +51,7 @@ def _path_base_rows(forest: Forest, base_numeric: np.ndarray, base_codes: np.nda
         root = int(forest.roots[tree])
         if root >= forest.n_internal:
             continue
-        stack: list[tuple[int, dict[int, tuple[float, float]], dict[int, tuple[frozenset | None, frozenset]]]] = [
-            (root, {}, {})
-        ]
+        stack: list[tuple[int, dict[int, tuple[float, float]], dict[int, tuple[frozenset | None, frozenset]]]] = [(root, {}, {})]
         while stack:
             node, bounds, sets = stack.pop()
             row_n, row_c = base_numeric[node % n_base].copy(), base_codes[node % n_base].copy()

@@ -58,6 +58,12 @@ def _children(forest: Forest) -> np.ndarray:
 class _TreeProgramBase(nn.Module):
     """What both strategies share: the per-column handling of missing values and category codes, and the link."""
 
+    # buffers (register_buffer), declared for type checkers
+    num_column: torch.Tensor
+    num_threshold: torch.Tensor
+    cat_feature: torch.Tensor
+    cat_off_table: torch.Tensor
+
     strategy = "base"
 
     def __init__(self, forest: Forest) -> None:
@@ -124,6 +130,15 @@ class TreeGemmProgram(_TreeProgramBase):
     N x (all nodes) for the decisions plus N x trees x nodes x leaves for the product: slow for many rows.
     """
 
+    # buffers (register_buffer), declared for type checkers
+    cat_base: torch.Tensor
+    cat_table: torch.Tensor
+    node_index: torch.Tensor
+    path: torch.Tensor
+    leaf_depth: torch.Tensor
+    leaf_values: torch.Tensor
+    tree_offset: torch.Tensor
+
     strategy = "gemm"
 
     def __init__(self, forest: Forest) -> None:
@@ -166,7 +181,7 @@ class TreeGemmProgram(_TreeProgramBase):
             values[tree, leaf_slot[leaf]] = forest.leaf_value[leaf]
         # Walk each tree from its root, marking for every leaf the side (+1 left, -1 right) taken at each ancestor.
         for tree in range(n_trees):
-            stack = [(int(forest.roots[tree]), [])]
+            stack: list[tuple[int, list[tuple[int, float]]]] = [(int(forest.roots[tree]), [])]
             while stack:
                 node, ancestors = stack.pop()
                 if node >= n_internal:
@@ -212,6 +227,17 @@ class TreeTraverseProgram(_TreeProgramBase):
     a boolean table (split, bin) -> goes left, numeric and categorical alike. Seven small-table lookups per level
     and row: the fastest for many rows, but one step per level of the deepest tree (operation overhead for one row).
     """
+
+    # buffers (register_buffer), declared for type checkers
+    bin_source: torch.Tensor
+    bounds: torch.Tensor
+    bin_top: torch.Tensor
+    zcol: torch.Tensor
+    base: torch.Tensor
+    table: torch.Tensor
+    child: torch.Tensor
+    roots: torch.Tensor
+    leaf_value: torch.Tensor
 
     strategy = "traverse"
 
@@ -330,9 +356,7 @@ def choose_cutoff(
     return cutoff, timings
 
 
-def to_program(
-    booster: Any, n_numeric: int, n_categorical: int, strategy: str = "auto", cutoff: int | None = None
-) -> nn.Module:
+def to_program(booster: Any, n_numeric: int, n_categorical: int, strategy: str = "auto", cutoff: int | None = None) -> nn.Module:
     """The booster as a torch module (numeric float32, codes int64 -> probability float32 [N]).
 
     Why two strategies. Measured (benchmarks/bench_trees.py; 300 trees, 31 leaves, depth 14, NaNs and

@@ -206,9 +206,7 @@ def parse_dump(dump: dict[str, Any], n_numeric: int, n_categorical: int) -> Fore
         raise TreeConversionError("random-forest mode (average_output) is not supported")
     n_features = int(dump.get("max_feature_idx", -1)) + 1
     if n_features != n_numeric + n_categorical:
-        raise TreeConversionError(
-            f"the booster has {n_features} features, the program {n_numeric} numeric + {n_categorical} categorical"
-        )
+        raise TreeConversionError(f"the booster has {n_features} features, the program {n_numeric} numeric + {n_categorical} categorical")
 
     num_nodes: list[tuple[int, dict]] = []  # (tree, node)
     cat_nodes: list[tuple[int, dict]] = []

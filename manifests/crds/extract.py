@@ -41,14 +41,20 @@ LICENCE = "Apache-2.0"
 # folder's files are refreshed from upstream, then rerun the script.
 SOURCES: dict[str, tuple[str, str, str, str]] = {
     "kserve": ("kserve/kserve", "config/crd/full/", "aaac4e294dae2c7b1aa1886447793f3aa1c30912", "2026-08-21"),
-    "monitoring.coreos.com": ("prometheus-operator/prometheus-operator", "example/prometheus-operator-crd/",
-                              "6adcebc5076c34f4f55f8f5f7b1e528929373ac7", "2026-08-08"),
-    "trainer.kubeflow.org": ("kubeflow/trainer", "manifests/base/crds/", "8c0f5059bd51ec3ba6d6a6a7b2e1471de7bc13b3",
-                             "2026-08-21"),
-    "sparkoperator.k8s.io": ("kubeflow/spark-operator", "config/crd/bases/", "38082f3318e9d33f3e4a940c7cf165df6e40b422",
-                             "2026-08-21, after v2.5.2"),
-    "feast.dev": ("feast-dev/feast", "infra/feast-operator/config/crd/bases/", "f0bc0700be7029166e6605e407de6d229cd1e93e",
-                  "2026-08-21"),
+    "monitoring.coreos.com": (
+        "prometheus-operator/prometheus-operator",
+        "example/prometheus-operator-crd/",
+        "6adcebc5076c34f4f55f8f5f7b1e528929373ac7",
+        "2026-08-08",
+    ),
+    "trainer.kubeflow.org": ("kubeflow/trainer", "manifests/base/crds/", "8c0f5059bd51ec3ba6d6a6a7b2e1471de7bc13b3", "2026-08-21"),
+    "sparkoperator.k8s.io": (
+        "kubeflow/spark-operator",
+        "config/crd/bases/",
+        "38082f3318e9d33f3e4a940c7cf165df6e40b422",
+        "2026-08-21, after v2.5.2",
+    ),
+    "feast.dev": ("feast-dev/feast", "infra/feast-operator/config/crd/bases/", "f0bc0700be7029166e6605e407de6d229cd1e93e", "2026-08-21"),
 }
 
 # (group, version, kind) the project renders or validates, and where.
@@ -136,46 +142,51 @@ def build(source: Path) -> dict[Path, bytes]:
         out = schema_path(*key, root=Path("schemas"))
         files[out] = dumps(without_descriptions(schema))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        rows.append(f"| `{out.as_posix()}` | {repo} | `{upstream_dir}{path.name}` | `{commit}` ({date}) | "
-                    f"`{digest[:16]}` | {LICENCE} | {KINDS[key]} |")
+        rows.append(
+            f"| `{out.as_posix()}` | {repo} | `{upstream_dir}{path.name}` | `{commit}` ({date}) | "
+            f"`{digest[:16]}` | {LICENCE} | {KINDS[key]} |"
+        )
     files[Path(PROVENANCE.name)] = _provenance(rows).encode()
     return files
 
 
 def _provenance(rows: list[str]) -> str:
-    return "\n".join([
-        "# Carried CRD schemas: provenance",
-        "",
-        "Each JSON file under `schemas/` is the `openAPIV3Schema` of one custom resource version, taken from the",
-        "upstream CustomResourceDefinition below by `extract.py` (written by it; do not edit by hand). The",
-        "`description` keywords are dropped; everything else, `x-kubernetes-*` keys included, is as upstream has",
-        "it (the script's docstring says why). The contract tests validate what the project renders against these",
-        "files (`tests/contract/manifest_tools.py`), so a clone needs nothing outside the repository.",
-        "",
-        "The upstream projects are licensed under the Apache License 2.0; these files are derived from theirs.",
-        "",
-        "| carried file | upstream repository | upstream file | commit (date) | sha256 of the upstream file (first 16) | licence | rendered by |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        "## Regenerate",
-        "",
-        "1. Put the upstream CRD files, unchanged, in a folder with one subfolder per project: `kserve/`,",
-        "   `monitoring.coreos.com/`, `trainer.kubeflow.org/`, `sparkoperator.k8s.io/`, `feast.dev/` (each fetched",
-        "   from the repository, path and commit above; to move to a newer upstream, update `SOURCES` in",
-        "   `extract.py` first).",
-        "2. `make crds CRD_SOURCE=<that folder>` (or `python manifests/crds/extract.py --source <that folder>`).",
-        "   To render another kind, add it to `KINDS` in `extract.py`; a test fails until its schema is carried.",
-        "3. `python manifests/crds/extract.py --source <that folder> --check` exits 1 if the committed files",
-        "   differ from what that folder gives.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Carried CRD schemas: provenance",
+            "",
+            "Each JSON file under `schemas/` is the `openAPIV3Schema` of one custom resource version, taken from the",
+            "upstream CustomResourceDefinition below by `extract.py` (written by it; do not edit by hand). The",
+            "`description` keywords are dropped; everything else, `x-kubernetes-*` keys included, is as upstream has",
+            "it (the script's docstring says why). The contract tests validate what the project renders against these",
+            "files (`tests/contract/manifest_tools.py`), so a clone needs nothing outside the repository.",
+            "",
+            "The upstream projects are licensed under the Apache License 2.0; these files are derived from theirs.",
+            "",
+            "| carried file | upstream repository | upstream file | commit (date) | sha256 of the upstream file (first 16) | licence | rendered by |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "## Regenerate",
+            "",
+            "1. Put the upstream CRD files, unchanged, in a folder with one subfolder per project: `kserve/`,",
+            "   `monitoring.coreos.com/`, `trainer.kubeflow.org/`, `sparkoperator.k8s.io/`, `feast.dev/` (each fetched",
+            "   from the repository, path and commit above; to move to a newer upstream, update `SOURCES` in",
+            "   `extract.py` first).",
+            "2. `make crds CRD_SOURCE=<that folder>` (or `python manifests/crds/extract.py --source <that folder>`).",
+            "   To render another kind, add it to `KINDS` in `extract.py`; a test fails until its schema is carried.",
+            "3. `python manifests/crds/extract.py --source <that folder> --check` exits 1 if the committed files",
+            "   differ from what that folder gives.",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, required=True,
-                        help="folder of upstream CRD YAMLs, one subfolder per project (see PROVENANCE.md)")
+    parser.add_argument(
+        "--source", type=Path, required=True, help="folder of upstream CRD YAMLs, one subfolder per project (see PROVENANCE.md)"
+    )
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the carried files differ")
     args = parser.parse_args(argv)
     files = build(args.source.resolve())

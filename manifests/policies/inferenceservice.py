@@ -10,7 +10,6 @@ rendered overlays, and on a deliberately bad InferenceService that must fail.
 from __future__ import annotations
 
 from abc import abstractmethod
-
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,5 +113,9 @@ class InferenceServiceNoPrivilegedContainers(_InferenceServiceCheck):
                     yield f"spec.{component}.{where}: securityContext.allowPrivilegeEscalation must be false"
 
 
-CHECKS = (InferenceServiceModelFromObjectStore(), InferenceServiceResources(),
-          InferenceServiceDedicatedServiceAccount(), InferenceServiceNoPrivilegedContainers())
+CHECKS = (
+    InferenceServiceModelFromObjectStore(),
+    InferenceServiceResources(),
+    InferenceServiceDedicatedServiceAccount(),
+    InferenceServiceNoPrivilegedContainers(),
+)

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_benchmark_runs_in_quick_mode(tmp_path):
     names = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
     assert names, "no benchmarks found"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=1800
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "results-quick.json").read_text())
     assert report["errors"] == {}

@@ -30,15 +30,38 @@ K8S_VERSION = "1.30"
 
 # apiVersion groups whose kinds kubernetes-validate knows; everything else must have a carried schema in SCHEMAS.
 CORE_GROUPS = frozenset(
-    {"", "apps", "batch", "policy", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io", "storage.k8s.io",
-     "scheduling.k8s.io", "coordination.k8s.io", "admissionregistration.k8s.io", "apiextensions.k8s.io"}
+    {
+        "",
+        "apps",
+        "batch",
+        "policy",
+        "autoscaling",
+        "networking.k8s.io",
+        "rbac.authorization.k8s.io",
+        "storage.k8s.io",
+        "scheduling.k8s.io",
+        "coordination.k8s.io",
+        "admissionregistration.k8s.io",
+        "apiextensions.k8s.io",
+    }
 )
-CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime",
-                            "ClusterTrainingRuntime", "PersistentVolume", "StorageClass", "PriorityClass",
-                            "CustomResourceDefinition"})
+CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterServingRuntime",
+        "ClusterTrainingRuntime",
+        "PersistentVolume",
+        "StorageClass",
+        "PriorityClass",
+        "CustomResourceDefinition",
+    }
+)
 # Pod Security Standards, restricted (Kubernetes 1.30): the only volume types allowed.
-RESTRICTED_VOLUME_TYPES = frozenset({"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-                                     "persistentVolumeClaim", "projected", "secret"})
+RESTRICTED_VOLUME_TYPES = frozenset(
+    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+)
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
 
 
@@ -60,7 +83,7 @@ def kubectl() -> Path:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_text(directory: str) -> str:
     proc = subprocess.run([str(kubectl()), "kustomize", directory], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
@@ -104,6 +127,7 @@ def only(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 # --- core kinds -----------------------------------------------------------------------------------------
 
+
 def validate_core(obj: dict[str, Any]) -> None:
     import kubernetes_validate
 
@@ -117,6 +141,7 @@ def validate_core(obj: dict[str, Any]) -> None:
 
 
 # --- custom resources -----------------------------------------------------------------------------------
+
 
 def _close(schema: Any) -> Any:
     """Strip x-kubernetes-* keys; objects with properties and no escape hatch reject unknown fields."""
@@ -136,7 +161,7 @@ def crd_schema_file(group: str, version: str, kind: str) -> Path:
     return SCHEMAS / group / version / f"{kind}.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
     """The carried openAPIV3Schema of a custom resource, made strict (see _close). Shared: do not mutate it.
 
@@ -150,7 +175,7 @@ def crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
     return _close(json.loads(path.read_text(encoding="utf-8")))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_validator(group: str, version: str, kind: str) -> Any:
     """A Draft 7 validator of the whole object (metadata included) against the strict carried schema."""
     import jsonschema
@@ -176,6 +201,7 @@ def validate_custom(obj: dict[str, Any]) -> None:
 
 
 # --- pods and the "restricted" profile ------------------------------------------------------------------
+
 
 def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, pod-spec-like dict) for every Pod template an object defines.
@@ -209,8 +235,9 @@ def _effective(container_sc: dict[str, Any], pod_sc: dict[str, Any], key: str) -
     return container_sc[key] if key in container_sc else pod_sc.get(key)
 
 
-def restricted_violations(where: str, pod: dict[str, Any], require_read_only_root: bool = True,
-                          require_resources: bool = True) -> list[str]:
+def restricted_violations(
+    where: str, pod: dict[str, Any], require_read_only_root: bool = True, require_resources: bool = True
+) -> list[str]:
     """Every way this pod spec breaks the "restricted" Pod Security Standard (plus the project's own rules:
     read-only root filesystem, and CPU/memory requests and limits on every container)."""
     problems: list[str] = []
@@ -310,8 +337,15 @@ def tool(name: str) -> Path:
 def checkov(*args: str, cwd: Path = REPO) -> tuple[int, list[dict[str, Any]], str]:
     """Run checkov with the project's policies loaded and JSON output: (exit code, one report per framework,
     stdout+stderr for messages). Exit code 1 means failed checks; anything else but 0 is an error."""
-    cmd = [str(tool("checkov")), *args, "--external-checks-dir", str(POLICIES), "--skip-download",
-           "--output", "json"]  # no --quiet: it drops the passed checks, which show that a check ran
+    cmd = [
+        str(tool("checkov")),
+        *args,
+        "--external-checks-dir",
+        str(POLICIES),
+        "--skip-download",
+        "--output",
+        "json",
+    ]  # no --quiet: it drops the passed checks, which show that a check ran
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     if proc.returncode not in (0, 1):

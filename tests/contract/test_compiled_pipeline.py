@@ -110,7 +110,11 @@ def test_gpu_placement_arguments_follow_the_settings(monkeypatch):
     with_gpu, without = gpu_placement_arguments(2, settings), gpu_placement_arguments(0, settings)
     assert with_gpu["gpu_node_selector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert without["gpu_node_selector"] == {} and without["gpu_count"] == 0  # a CPU run is never pinned to GPU nodes
-    assert with_gpu["gpu_tolerations"] == without["gpu_tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert (
+        with_gpu["gpu_tolerations"]
+        == without["gpu_tolerations"]
+        == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
     monkeypatch.setenv("MLWF_GPU_NODE_SELECTOR", '["not", "an", "object"]')
     with pytest.raises(ValueError, match="MLWF_GPU_NODE_SELECTOR must be a JSON object"):
         get_settings()

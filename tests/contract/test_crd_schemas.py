@@ -72,8 +72,14 @@ def rendered_custom_kinds() -> dict[tuple[str, str, str], str]:
 def test_every_rendered_custom_kind_has_a_carried_schema(extract: ModuleType) -> None:
     rendered = rendered_custom_kinds()
     # The renderers really ran: the kinds the project is known to produce are among them.
-    assert {k for _, _, k in rendered} >= {"InferenceService", "ClusterServingRuntime", "PodMonitor", "PrometheusRule",
-                                           "FeatureStore", "TrainJob"}, sorted(rendered)
+    assert {k for _, _, k in rendered} >= {
+        "InferenceService",
+        "ClusterServingRuntime",
+        "PodMonitor",
+        "PrometheusRule",
+        "FeatureStore",
+        "TrainJob",
+    }, sorted(rendered)
     unlisted = [f"{'/'.join(key)} ({where})" for key, where in rendered.items() if key not in extract.KINDS]
     assert not unlisted, f"rendered but not in KINDS of {EXTRACT}: {unlisted}"
     for key in rendered:
@@ -104,11 +110,14 @@ def test_carried_files_are_what_the_extractor_writes(extract: ModuleType) -> Non
 
 def test_without_descriptions_drops_the_keyword_not_a_field_named_description(extract: ModuleType) -> None:
     schema = {
-        "description": "doc", "type": "object",
+        "description": "doc",
+        "type": "object",
         "properties": {
             "description": {"type": "string", "description": "a field called description"},
-            "items": {"type": "array", "items": {"type": "object", "description": "x",
-                                                 "properties": {"a": {"type": "integer", "description": "y"}}}},
+            "items": {
+                "type": "array",
+                "items": {"type": "object", "description": "x", "properties": {"a": {"type": "integer", "description": "y"}}},
+            },
             "either": {"anyOf": [{"type": "integer", "description": "z"}, {"type": "string"}]},
             "labels": {"type": "object", "additionalProperties": {"type": "string", "description": "w"}},
             "d": {"type": "object", "default": {"description": "kept: a value, not a schema"}},
@@ -144,8 +153,9 @@ def _documented(node: Any) -> Any:
     return out
 
 
-def test_extractor_reproduces_the_carried_files_deterministically(extract: ModuleType, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_extractor_reproduces_the_carried_files_deterministically(
+    extract: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An upstream-shaped folder (one CRD file per kind, descriptions everywhere, an unlisted version and a
     non-CRD document beside it) extracts to byte-identical files, twice, and --check agrees."""
     source = tmp_path / "upstream"
@@ -154,10 +164,18 @@ def test_extractor_reproduces_the_carried_files_deterministically(extract: Modul
         folder = source / FOLDERS.get(group, group)
         folder.mkdir(parents=True, exist_ok=True)
         schema = _documented(json.loads(path.read_bytes()))
-        crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-               "spec": {"group": group, "names": {"kind": kind}, "versions": [
-                   {"name": "v0unlisted", "schema": {"openAPIV3Schema": {"type": "object"}}},
-                   {"name": version, "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}]}}
+        crd = {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "spec": {
+                "group": group,
+                "names": {"kind": kind},
+                "versions": [
+                    {"name": "v0unlisted", "schema": {"openAPIV3Schema": {"type": "object"}}},
+                    {"name": version, "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}},
+                ],
+            },
+        }
         # JSON is YAML; a leading non-CRD document checks that only CRDs are read.
         text = "---\n" + json.dumps({"kind": "ConfigMap"}) + "\n---\n" + json.dumps(crd) + "\n"
         (folder / f"{group}_{kind.lower()}s.yaml").write_text(text, encoding="utf-8")
@@ -207,9 +225,12 @@ def test_the_loader_makes_the_carried_schema_strict() -> None:
     assert '"x-kubernetes-validations"' in mt.crd_schema_file("trainer.kubeflow.org", "v1alpha1", "TrainJob").read_text()
     validator = mt.crd_validator("trainer.kubeflow.org", "v1alpha1", "TrainJob")
     assert "x-kubernetes-validations" not in json.dumps(validator.schema)
-    job: dict[str, Any] = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "metadata": {"name": "j"},
-           "spec": {"runtimeRef": {"name": "torch-distributed"}, "trainer": {"numNodes": 2}}}
+    job: dict[str, Any] = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": "j"},
+        "spec": {"runtimeRef": {"name": "torch-distributed"}, "trainer": {"numNodes": 2}},
+    }
     assert not list(validator.iter_errors(job))
     job["spec"]["trainer"]["numNode"] = 2
-    assert [e.message for e in validator.iter_errors(job)] == [
-        "Additional properties are not allowed ('numNode' was unexpected)"]
+    assert [e.message for e in validator.iter_errors(job)] == ["Additional properties are not allowed ('numNode' was unexpected)"]

@@ -17,8 +17,7 @@ from pipelines import images
 from tests.contract import manifest_tools as mt
 
 REGISTRY = "registry.example.com:5000/team"  # a port: references must not be split at the first colon
-DOCKERFILES = {"components": "components/Dockerfile", "components-cuda": "components/Dockerfile.cuda",
-               "serving": "serving/Dockerfile"}
+DOCKERFILES = {"components": "components/Dockerfile", "components-cuda": "components/Dockerfile.cuda", "serving": "serving/Dockerfile"}
 
 # Records argv as one JSON line in $FAKE_BUILDER_LOG. A push answers like the real tool: docker prints the
 # digest, podman and buildah write it to --digestfile. The digest is derived from the reference.
@@ -73,8 +72,9 @@ def test_builds_pushes_and_records_every_image(builder: str, tmp_path: Path, mon
     monkeypatch.setenv("PATH", str(_fake(tmp_path, builder)))  # the only builder there, found by itself
     monkeypatch.setenv("FAKE_BUILDER_LOG", str(tmp_path / "calls.jsonl"))
     record = tmp_path / "images.json"
-    assert images.main(["build", "--registry", REGISTRY + "/", "--tag", "abc1234", "--code-version", "f" * 40,
-                        "--record", str(record)]) == 0
+    assert (
+        images.main(["build", "--registry", REGISTRY + "/", "--tag", "abc1234", "--code-version", "f" * 40, "--record", str(record)]) == 0
+    )
     calls = _calls(tmp_path)
     assert [c[:2] for c in calls] == [[builder, "build"], [builder, "push"]] * 3
     for (name, dockerfile), build, push in zip(DOCKERFILES.items(), calls[0::2], calls[1::2]):
@@ -94,38 +94,32 @@ def test_builds_pushes_and_records_every_image(builder: str, tmp_path: Path, mon
         assert entry["reference"] == f"{REGISTRY}/{name}@{digest}"
 
 
-def test_docker_digest_from_image_inspect_when_push_prints_none(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_docker_digest_from_image_inspect_when_push_prints_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(_fake(tmp_path, "docker")))
     monkeypatch.setenv("FAKE_BUILDER_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_DOCKER_QUIET_PUSH", "1")
     record = tmp_path / "images.json"
-    assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v",
-                        "--record", str(record)]) == 0
+    assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v", "--record", str(record)]) == 0
     assert [c[1] for c in _calls(tmp_path)] == ["build", "push", "image"] * 3
     serving = json.loads(record.read_text())["images"]["serving"]
     assert serving["digest"] == _digest(f"{REGISTRY}/serving:t")
 
 
-def test_no_builder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_builder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     record = tmp_path / "images.json"
-    assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v",
-                        "--record", str(record)]) == 2
+    assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v", "--record", str(record)]) == 2
     err = capsys.readouterr().err
     assert "no image builder found on PATH (looked for docker or podman or buildah)" in err
     assert not record.exists()
 
 
-def test_a_failed_push_writes_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_push_writes_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("PATH", str(_fake(tmp_path, "podman")))
     monkeypatch.setenv("FAKE_BUILDER_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_BUILDER_FAIL", "push")
     record = tmp_path / "images.json"
-    assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v",
-                        "--record", str(record)]) == 2
+    assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v", "--record", str(record)]) == 2
     assert "push registry.example.com:5000/team/components:t failed (exit 3)" in capsys.readouterr().err
     assert len(_calls(tmp_path)) == 2 and not record.exists()
 
@@ -137,11 +131,23 @@ def test_make_images_passes_registry_tag_platform_and_defaults_the_tag_to_git(tm
         raise AssertionError("make and git are needed to test `make images`")
     bin_dir = _fake(tmp_path, "docker")
     record = tmp_path / "out" / "images.json"
-    env = {"PATH": f"{bin_dir}:{Path(git).parent}", "FAKE_BUILDER_LOG": str(tmp_path / "calls.jsonl"),
-           "HOME": str(tmp_path)}
-    proc = subprocess.run([make, "--no-print-directory", "images", f"PYTHON={sys.executable}",
-                           f"MLWF_REGISTRY={REGISTRY}", "MLWF_PLATFORM=linux/amd64", f"IMAGES_RECORD={record}"],
-                          cwd=mt.REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = {"PATH": f"{bin_dir}:{Path(git).parent}", "FAKE_BUILDER_LOG": str(tmp_path / "calls.jsonl"), "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [
+            make,
+            "--no-print-directory",
+            "images",
+            f"PYTHON={sys.executable}",
+            f"MLWF_REGISTRY={REGISTRY}",
+            "MLWF_PLATFORM=linux/amd64",
+            f"IMAGES_RECORD={record}",
+        ],
+        cwd=mt.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     short, full = images.git_version()
     builds = [c for c in _calls(tmp_path) if c[1] == "build"]
@@ -157,10 +163,14 @@ def _record(tmp_path: Path) -> Path:
     entries = {}
     for name, dockerfile in DOCKERFILES.items():
         digest = _digest(name)
-        entries[name] = {"repository": f"{REGISTRY}/{name}", "tag": "t", "digest": digest,
-                         "reference": f"{REGISTRY}/{name}@{digest}", "dockerfile": dockerfile}
-    record.write_text(json.dumps({"registry": REGISTRY, "tag": "t", "code_version": "v", "builder": "docker",
-                                  "images": entries}))
+        entries[name] = {
+            "repository": f"{REGISTRY}/{name}",
+            "tag": "t",
+            "digest": digest,
+            "reference": f"{REGISTRY}/{name}@{digest}",
+            "dockerfile": dockerfile,
+        }
+    record.write_text(json.dumps({"registry": REGISTRY, "tag": "t", "code_version": "v", "builder": "docker", "images": entries}))
     return record
 
 
@@ -191,8 +201,7 @@ def test_a_bad_record_is_refused(tmp_path: Path) -> None:
 def test_overlays_pin_the_pushed_images_by_digest(tmp_path: Path) -> None:
     written = images.write_overlays(_record(tmp_path), tmp_path / "overlays")
     assert sorted(p.parent.name for p in written) == ["dev", "prod"]
-    proc = subprocess.run([str(mt.kubectl()), "kustomize", str(tmp_path / "overlays" / "dev")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([str(mt.kubectl()), "kustomize", str(tmp_path / "overlays" / "dev")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     objs = [o for o in yaml.safe_load_all(proc.stdout) if o]
     found = dict(mt.images(objs))

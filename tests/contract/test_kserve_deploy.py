@@ -56,18 +56,34 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from components.training.train import TrainParams, build_bundle, train_model
 
     rng = np.random.default_rng(3)
-    n = 240
+    n = 1000  # the latest rows of the validation period are held out to calibrate: enough of them for both classes
     x1, x2 = rng.normal(size=n), rng.lognormal(size=n)
     colour = rng.choice(["red", "green", "blue"], n)
     label = (rng.random(n) < 1 / (1 + np.exp(-(2 * x1 + (colour == "red") - 0.5)))).astype(int)
-    frame = pd.DataFrame({"event_timestamp": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
-                          "x1": x1, "x2": x2, "colour": colour, "label": label})
+    frame = pd.DataFrame(
+        {
+            "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
+            "x1": x1,
+            "x2": x2,
+            "colour": colour,
+            "label": label,
+        }
+    )
     program, vocab, result = train_model(frame, ["x1", "x2"], ["colour"], TrainParams(epochs=2, seed=0, patience=1))
     out = {}
     for version in ("1", "2"):
         directory = tmp_path_factory.mktemp("bundle") / f"v{version}"
-        build_bundle(directory, program, vocab, result, frame, ["x1", "x2"], ["colour"],
-                     {"dataset": "synthetic", "model_version": version}, "# test\n")
+        build_bundle(
+            directory,
+            program,
+            vocab,
+            result,
+            frame,
+            ["x1", "x2"],
+            ["colour"],
+            {"dataset": "synthetic", "model_version": version},
+            "# test\n",
+        )
         out[version] = str(directory)
     return out
 
@@ -79,8 +95,13 @@ def bundle_dir(bundles: dict[str, str]) -> str:
 
 @pytest.fixture
 def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for var, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "MLWF_MODEL_STORE": STORE}.items():
+    for var, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLWF_MODEL_STORE": STORE,
+    }.items():
         monkeypatch.setenv(var, value)
     client = storage.s3_client()
     bucket = "mlwf"
@@ -98,8 +119,9 @@ def write_request_logs(seed: int = 0) -> None:
     for version, rows in (("1", 400), ("2", 200)):
         writer = RequestLogWriter(f"{STATE}/request_logs", NAME)
         probabilities = rng.beta(2, 8, rows)
-        writer.log([{"x1": 0.1, "x2": 1.0, "colour": "red"}] * rows, probabilities, (probabilities > 0.5).astype(int),
-                   version, f"req-{version}")
+        writer.log(
+            [{"x1": 0.1, "x2": 1.0, "colour": "red"}] * rows, probabilities, (probabilities > 0.5).astype(int), version, f"req-{version}"
+        )
         writer.flush()
 
 
@@ -125,9 +147,17 @@ def cluster(s3: str, monkeypatch: pytest.MonkeyPatch):
         proms.append(prom)
         write_request_logs()
         monkeypatch.setenv("MLWF_PROFILE", "cluster")
-        settings = dataclasses.replace(get_settings(), kserve_namespace=NS, kserve_mode=mode, state_dir=STATE,
-                                       kserve_service_account="mlwf-model-server", canary_steps=(10, 25, 50, 100),
-                                       canary_step_seconds=WINDOW, canary_max_failed_analyses=2, prometheus_url=prom.url)
+        settings = dataclasses.replace(
+            get_settings(),
+            kserve_namespace=NS,
+            kserve_mode=mode,
+            state_dir=STATE,
+            kserve_service_account="mlwf-model-server",
+            canary_steps=(10, 25, 50, 100),
+            canary_step_seconds=WINDOW,
+            canary_max_failed_analyses=2,
+            prometheus_url=prom.url,
+        )
         return stub, settings, client.ApiClient(client.Configuration(host=stub.url)), prom
 
     yield make
@@ -157,8 +187,7 @@ def expected_predictor(bundle_dir: str, version: str) -> dict:
 def deploy(stub_env, bundle_dir: str, version: str, **kwargs):
     _, settings, api_client, _ = stub_env
     windows: list[float] = []  # the analysis windows are waited out through `sleep`: recorded, not slept
-    return deploy_cluster(bundle_dir, MODEL, version, settings, api_client=api_client, sleep=windows.append,
-                          **{**FAST, **kwargs})
+    return deploy_cluster(bundle_dir, MODEL, version, settings, api_client=api_client, sleep=windows.append, **{**FAST, **kwargs})
 
 
 def percents(stub: KubeStub) -> list:
@@ -183,8 +212,11 @@ def test_first_deploy_creates_the_inference_service(cluster, bundle_dir):
     assert out["predict_url"] == f"http://{NAME}.{NS}.example.com/v1/models/{NAME}:predict"
     # 404, create, then polls until the controller has observed generation 1 and reports Ready.
     assert [(r.method, r.path, r.status) for r in stub.requests] == [
-        ("GET", f"{ISVC_PATH}/{NAME}", 404), ("POST", ISVC_PATH, 201),
-        ("GET", f"{ISVC_PATH}/{NAME}", 200), ("GET", f"{ISVC_PATH}/{NAME}", 200)]
+        ("GET", f"{ISVC_PATH}/{NAME}", 404),
+        ("POST", ISVC_PATH, 201),
+        ("GET", f"{ISVC_PATH}/{NAME}", 200),
+        ("GET", f"{ISVC_PATH}/{NAME}", 200),
+    ]
     post = stub.calls("POST")[0]
     assert post.content_type == "application/json"
     assert post.body == {
@@ -215,8 +247,13 @@ def test_redeploying_the_same_version_changes_nothing(cluster, bundle_dir, monke
 
 
 def stable_note(bundles: dict[str, str], version: str) -> str:
-    return json.dumps({"annotations": {"mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles[version]),
-                                       "mlwf.io/model-version": version}, "storageUri": uri(version)}, sort_keys=True)
+    return json.dumps(
+        {
+            "annotations": {"mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles[version]), "mlwf.io/model-version": version},
+            "storageUri": uri(version),
+        },
+        sort_keys=True,
+    )
 
 
 def test_new_version_in_knative_mode_goes_through_every_step_then_promotes(cluster, bundles):
@@ -233,10 +270,14 @@ def test_new_version_in_knative_mode_goes_through_every_step_then_promotes(clust
     assert {p.content_type for p in patches} == {"application/merge-patch+json"}
     assert patches[0].body == {
         "metadata": {"annotations": {"mlwf.io/stable-predictor": stable_note(bundles, "1")}},
-        "spec": {"predictor": {
-            "canaryTrafficPercent": 10,
-            "annotations": {"mlwf.io/model-version": "2", "mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles["2"])},
-            "model": {"storageUri": uri("2")}}}}
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": 10,
+                "annotations": {"mlwf.io/model-version": "2", "mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles["2"])},
+                "model": {"storageUri": uri("2")},
+            }
+        },
+    }
     # Promotion removes the field with an explicit JSON null, on the wire.
     assert patches[-1].raw == b'{"spec": {"predictor": {"canaryTrafficPercent": null}}}'
     # Each step: patch, then poll until the controller serves that split, then the analysis; promote after 100%.
@@ -248,11 +289,17 @@ def test_new_version_in_knative_mode_goes_through_every_step_then_promotes(clust
     assert "canaryTrafficPercent" not in final["spec"]["predictor"]
     assert final["spec"]["predictor"]["model"]["storageUri"] == uri("2")
     assert final["status"]["components"]["predictor"]["traffic"] == [
-        {"latestRevision": True, "revisionName": f"{NAME}-predictor-00002", "percent": 100}]
+        {"latestRevision": True, "revisionName": f"{NAME}-predictor-00002", "percent": 100}
+    ]
 
 
-@pytest.mark.parametrize(("metrics", "check"), [(ERRORS, r"success_rate fail: canary 0\.610 \(39/100 failed\) vs stable 0\.999"),
-                                                 (SLOW, r"p99_latency fail: canary 400\.0 ms vs stable 4\.0 ms, limit 31\.0 ms")])
+@pytest.mark.parametrize(
+    ("metrics", "check"),
+    [
+        (ERRORS, r"success_rate fail: canary 0\.610 \(39/100 failed\) vs stable 0\.999"),
+        (SLOW, r"p99_latency fail: canary 400\.0 ms vs stable 4\.0 ms, limit 31\.0 ms"),
+    ],
+)
 def test_a_canary_that_fails_its_analysis_twice_is_rolled_back(cluster, bundles, metrics, check):
     env = cluster("knative", metrics=metrics)
     stub = env[0]
@@ -266,10 +313,15 @@ def test_a_canary_that_fails_its_analysis_twice_is_rolled_back(cluster, bundles,
     assert len(__import__("re").findall(r"\[10%\] " + check, message)) == 2  # every failed check is named
     assert "champion" not in message
     assert percents(stub) == [10, 0]  # never past the first step
-    assert stub.calls("PATCH")[-1].body == {"spec": {"predictor": {
-        "canaryTrafficPercent": 0,
-        "annotations": {"mlwf.io/model-version": "1", "mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles["1"])},
-        "model": {"storageUri": uri("1")}}}}
+    assert stub.calls("PATCH")[-1].body == {
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": 0,
+                "annotations": {"mlwf.io/model-version": "1", "mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles["1"])},
+                "model": {"storageUri": uri("1")},
+            }
+        }
+    }
 
 
 def test_predictions_that_shift_fail_the_psi_check(cluster, bundles):
@@ -289,15 +341,23 @@ def test_canary_never_ready_is_rolled_back(cluster, bundles):
     deploy(env, bundles["1"], "1")
     stub.requests.clear()
 
-    with pytest.raises(DeployError, match=r"canary v2 .* rolled back: the canary did not take 10% of traffic: "
-                                          r"not ready after 0.3s: canary revision .*00002 not ready"):
+    with pytest.raises(
+        DeployError,
+        match=r"canary v2 .* rolled back: the canary did not take 10% of traffic: "
+        r"not ready after 0.3s: canary revision .*00002 not ready",
+    ):
         deploy(env, bundles["2"], "2", timeout_s=0.3)
 
     assert percents(stub) == [10, 0]
-    assert stub.calls("PATCH")[1].body == {"spec": {"predictor": {
-        "canaryTrafficPercent": 0,
-        "annotations": {"mlwf.io/model-version": "1", "mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles["1"])},
-        "model": {"storageUri": uri("1")}}}}
+    assert stub.calls("PATCH")[1].body == {
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": 0,
+                "annotations": {"mlwf.io/model-version": "1", "mlwf.io/bundle-sha256": bundle_lib.bundle_digest(bundles["1"])},
+                "model": {"storageUri": uri("1")},
+            }
+        }
+    }
     assert prom.queries == []  # nothing to analyze: it never served
     # Knative kept Ready=True throughout; the deploy was not fooled by it.
     traffic = stub.get(NAME, NS)["status"]["components"]["predictor"]["traffic"]
@@ -456,9 +516,16 @@ def test_plan_resumes_an_interrupted_canary():
     stable = {"storageUri": uri("1"), "annotations": {}}
     note = {"metadata": {"annotations": {"mlwf.io/stable-predictor": json.dumps(stable)}}}
     # Knative: the percent an interrupted rollout of this storageUri reached, and what served before it.
-    assert kserve_resources.canary_state("knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("2")) == (stable, 25)
-    assert kserve_resources.canary_state("knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("3")) == (stable, None)
-    assert kserve_resources.canary_state("knative", {"spec": {"predictor": predictor}}, uri("3")) == ({"storageUri": uri("2"), "annotations": {}}, None)
+    assert kserve_resources.canary_state(
+        "knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("2")
+    ) == (stable, 25)
+    assert kserve_resources.canary_state(
+        "knative", {**note, "spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("3")
+    ) == (stable, None)
+    assert kserve_resources.canary_state("knative", {"spec": {"predictor": predictor}}, uri("3")) == (
+        {"storageUri": uri("2"), "annotations": {}},
+        None,
+    )
     with pytest.raises(DeployError, match="no mlwf.io/stable-predictor annotation"):
         kserve_resources.canary_state("knative", {"spec": {"predictor": {**predictor, "canaryTrafficPercent": 25}}}, uri("2"))
     # Standard: spec.predictor stays stable; the canary entry carries the percent.
@@ -472,8 +539,12 @@ def test_the_stub_rejects_what_a_strict_api_server_would(cluster):
 
     stub, _, api_client, _ = cluster()
     api = client.CustomObjectsApi(api_client)
-    misspelt = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "x"},
-                "spec": {"predictor": {"canaryTraficPercent": 10}}}
+    misspelt = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "x"},
+        "spec": {"predictor": {"canaryTraficPercent": 10}},
+    }
     with pytest.raises(ApiException) as err:
         api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", misspelt)
     assert err.value.status == 422 and "canaryTraficPercent" in err.value.body

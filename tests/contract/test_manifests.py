@@ -17,9 +17,9 @@ from tests.contract import manifest_tools as mt
 
 OVERLAYS = ("overlays/dev", "overlays/prod")
 NAMESPACE = "mlwf"
-DEPLOYER_GRANTS = {
-    ("serving.kserve.io", "inferenceservices", verb) for verb in ("get", "list", "watch", "create", "patch")
-} | {("serving.kserve.io", "inferenceservices/status", "get")}
+DEPLOYER_GRANTS = {("serving.kserve.io", "inferenceservices", verb) for verb in ("get", "list", "watch", "create", "patch")} | {
+    ("serving.kserve.io", "inferenceservices/status", "get")
+}
 TRAINER_GRANTS = {("trainer.kubeflow.org", "trainjobs", verb) for verb in ("get", "create")}
 ROLE_GRANTS = {"mlwf-pipeline-deployer": DEPLOYER_GRANTS, "mlwf-pipeline-trainer": TRAINER_GRANTS}
 KSERVE_S3_ANNOTATIONS = tuple(f"serving.kserve.io/{k}" for k in ("s3-endpoint", "s3-usehttps", "s3-region"))
@@ -113,11 +113,21 @@ def test_every_pod_template_meets_restricted(overlay: tuple[str, list[dict]]) ->
 
 
 def test_restricted_check_catches_violations() -> None:
-    pod = {"containers": [{"name": "c", "image": "x:1", "securityContext": {"privileged": True}}],
-           "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    pod = {
+        "containers": [{"name": "c", "image": "x:1", "securityContext": {"privileged": True}}],
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+    }
     problems = "\n".join(mt.restricted_violations("pod", pod))
-    for expected in ("privileged", "hostPath", "allowPrivilegeEscalation", "drop ALL", "runAsNonRoot",
-                     "seccompProfile", "readOnlyRootFilesystem", "resources.requests"):
+    for expected in (
+        "privileged",
+        "hostPath",
+        "allowPrivilegeEscalation",
+        "drop ALL",
+        "runAsNonRoot",
+        "seccompProfile",
+        "readOnlyRootFilesystem",
+        "resources.requests",
+    ):
         assert expected in problems
 
 
@@ -297,8 +307,9 @@ def test_network_policies(overlay: tuple[str, list[dict]]) -> None:
     for svc in mt.find(objs, "Service"):
         labels = svc["spec"]["selector"]
         ports = {p["port"] for p in svc["spec"]["ports"]}
-        opened = {p["port"] for pol in policies if _selects(pol, labels)
-                  for rule in pol["spec"].get("ingress", []) for p in rule.get("ports", [])}
+        opened = {
+            p["port"] for pol in policies if _selects(pol, labels) for rule in pol["spec"].get("ingress", []) for p in rule.get("ports", [])
+        }
         assert ports <= opened, f"{name}: no NetworkPolicy lets traffic reach Service {svc['metadata']['name']}"
 
 
@@ -315,13 +326,13 @@ SKIPPABLE = {"CKV_K8S_35", "CKV_K8S_40", "CKV_K8S_43"}  # the reasoned dev excep
 
 
 def _failures(reports: list[dict]) -> str:
-    return "\n".join(f"{r['check_id']} {r['resource']} {r.get('file_path')}: {r['check_name']}"
-                     for r in mt.checkov_results(reports, "failed"))
+    return "\n".join(
+        f"{r['check_id']} {r['resource']} {r.get('file_path')}: {r['check_name']}" for r in mt.checkov_results(reports, "failed")
+    )
 
 
 def _policy_ran(reports: list[dict], outcome: str) -> set[str]:
-    return {r["check_id"] for r in mt.checkov_results(reports, outcome)
-            if r["check_id"] in POLICY_IDS and r["resource"] == ISVC}
+    return {r["check_id"] for r in mt.checkov_results(reports, outcome) if r["check_id"] in POLICY_IDS and r["resource"] == ISVC}
 
 
 def test_checkov_is_installed() -> None:
@@ -342,21 +353,24 @@ def _isvc_variants() -> dict[str, tuple[dict, set[str]]]:
     import yaml
 
     template = yaml.safe_load((mt.MANIFESTS / "base" / "inferenceservice.yaml").read_text())
-    privileged = {"name": "sidecar", "image": "example.com/sidecar:1",
-                  "resources": {k: {"cpu": "100m", "memory": "64Mi"} for k in ("requests", "limits")},
-                  "securityContext": {"privileged": True, "allowPrivilegeEscalation": False}}
+    privileged = {
+        "name": "sidecar",
+        "image": "example.com/sidecar:1",
+        "resources": {k: {"cpu": "100m", "memory": "64Mi"} for k in ("requests", "limits")},
+        "securityContext": {"privileged": True, "allowPrivilegeEscalation": False},
+    }
     breaks = {
         "good": (lambda p: None, set()),
-        "http-storage": (lambda p: p["model"].update(storageUri="http://models.example.com/model.joblib"),
-                         {"CKV_MLWF_1"}),
+        "http-storage": (lambda p: p["model"].update(storageUri="http://models.example.com/model.joblib"), {"CKV_MLWF_1"}),
         "other-runtime": (lambda p: p["model"].update(runtime="kserve-sklearnserver"), {"CKV_MLWF_1"}),
         "no-resources": (lambda p: p["model"].pop("resources"), {"CKV_MLWF_2"}),
         "default-account": (lambda p: p.update(serviceAccountName="default"), {"CKV_MLWF_3"}),
         "privileged-sidecar": (lambda p: p.update(containers=[privileged]), {"CKV_MLWF_4"}),
-        "escalating-model": (lambda p: p["model"]["securityContext"].pop("allowPrivilegeEscalation"),
-                             {"CKV_MLWF_4"}),
-        "bare": (lambda p: p.clear() or p.update(model={"modelFormat": {"name": "sklearn"},
-                                                        "storageUri": "https://example.com/m.joblib"}), POLICY_IDS),
+        "escalating-model": (lambda p: p["model"]["securityContext"].pop("allowPrivilegeEscalation"), {"CKV_MLWF_4"}),
+        "bare": (
+            lambda p: p.clear() or p.update(model={"modelFormat": {"name": "sklearn"}, "storageUri": "https://example.com/m.joblib"}),
+            POLICY_IDS,
+        ),
     }
     out = {}
     for name, (edit, failing) in breaks.items():

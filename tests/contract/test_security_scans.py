@@ -12,8 +12,9 @@ PACKAGES = ("components", "pipelines", "serving")
 
 
 def _bandit(*args: str) -> dict:
-    proc = subprocess.run([str(mt.tool("bandit")), "-q", "-r", *PACKAGES, "-f", "json", *args],
-                          cwd=mt.REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(mt.tool("bandit")), "-q", "-r", *PACKAGES, "-f", "json", *args], cwd=mt.REPO, capture_output=True, text=True, timeout=300
+    )
     if proc.returncode not in (0, 1):  # 1: findings at the requested level
         raise AssertionError(f"bandit failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     return json.loads(proc.stdout)
@@ -38,7 +39,6 @@ def test_bandit_catches_a_high_severity_issue(tmp_path) -> None:
     """The scan above can fail: the same invocation flags a subprocess call with shell=True."""
     bad = tmp_path / "bad.py"
     bad.write_text("import subprocess\n\ndef run(cmd: str) -> None:\n    subprocess.call(cmd, shell=True)\n")
-    proc = subprocess.run([str(mt.tool("bandit")), "-q", "-lll", "-f", "json", str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(mt.tool("bandit")), "-q", "-lll", "-f", "json", str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert [r["test_id"] for r in json.loads(proc.stdout)["results"]] == ["B602"]

@@ -128,12 +128,19 @@ class TrainJobStub:
                 # Every node's processes, here on one machine: the same arguments under one rendezvous.
                 self.processes[key] = subprocess.Popen(
                     [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", *trainer["args"]],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
             elif process.poll() is not None:
                 ok = process.returncode == 0
                 tail = (process.stdout.read() if process.stdout else "")[-300:]
-                condition = {"type": "Complete" if ok else "Failed", "status": "True",
-                             "reason": "JobsCompleted" if ok else "JobsFailed", "message": "" if ok else tail}
+                condition = {
+                    "type": "Complete" if ok else "Failed",
+                    "status": "True",
+                    "reason": "JobsCompleted" if ok else "JobsFailed",
+                    "message": "" if ok else tail,
+                }
         now = "2026-11-24T12:00:00Z"
         running = {"type": "Created", "status": "True", "reason": "JobsCreated", "message": "created", "lastTransitionTime": now}
         obj["status"] = {"conditions": [running] + ([{**condition, "lastTransitionTime": now}] if condition else [])}
@@ -168,14 +175,18 @@ def gpu_settings(monkeypatch):
 
 def test_gpu_trainjob_validates_strictly_and_places_its_nodes(gpu_settings):
     args = distributed.module_arguments(SPEC, "s3://b/train.parquet", "s3://b/out", TrainParams(), {"run_id": "abc"})
-    body = trainjob.build_trainjob(trainjob.job_name("0123ABCDEF_run"), "mlwf", "img:1", args, nodes=3, gpus_per_node=2, settings=gpu_settings)
+    body = trainjob.build_trainjob(
+        trainjob.job_name("0123ABCDEF_run"), "mlwf", "img:1", args, nodes=3, gpus_per_node=2, settings=gpu_settings
+    )
     assert errors(body) == []
     assert body["metadata"]["name"] == "mlwf-train-0123abcdef-run"
     trainer = body["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (3, 2)
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
     assert trainer["args"][:2] == ["-m", "components.training.distributed"]
-    pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+        "spec"
+    ]
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["serviceAccountName"] == "mlwf-trainer"
@@ -190,7 +201,9 @@ def test_cpu_trainjob_asks_for_no_gpu_and_no_gpu_placement(gpu_settings):
     body = trainjob.build_trainjob("mlwf-train-x", "mlwf", "img:1", ["--out", "s3://b/o"], nodes=2, gpus_per_node=0, settings=gpu_settings)
     assert errors(body) == []
     assert "nvidia.com/gpu" not in body["spec"]["trainer"]["resourcesPerNode"]["limits"]
-    pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+        "spec"
+    ]
     assert "nodeSelector" not in pod and "tolerations" not in pod
     with pytest.raises(ValueError, match="at least one node"):
         trainjob.build_trainjob("x", "mlwf", "img", [], nodes=0, gpus_per_node=0, settings=gpu_settings)

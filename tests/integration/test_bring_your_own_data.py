@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import requests
 
-from components.deployment.local import stop_local
+from components.deployment.processes import stop_local
 from pipelines.cli import main
 
 pytestmark = pytest.mark.integration
@@ -33,8 +33,15 @@ def churn_csv(path, n=2500, seed=3):
     charges = rng.normal(70, 25, n).clip(18, 120).round(2)
     logit = -1.0 - 0.05 * tenure + 1.6 * (contract == "Month-to-month") + 0.02 * (charges - 70)
     churn = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "Yes", "No")
-    frame = pd.DataFrame({"tenure": tenure, "monthly_charges": charges, "contract": contract,
-                          "payment_method": rng.choice(["Electronic check", "Mailed check", "Card"], n), "Churn": churn})
+    frame = pd.DataFrame(
+        {
+            "tenure": tenure,
+            "monthly_charges": charges,
+            "contract": contract,
+            "payment_method": rng.choice(["Electronic check", "Mailed check", "Card"], n),
+            "Churn": churn,
+        }
+    )
     frame.loc[7, "contract"] = "Three year"  # one bad row: quarantined, not dropped
     frame.to_csv(path, index=False)
     return path
@@ -48,8 +55,22 @@ def test_text_labels_no_id_no_timestamp_end_to_end(tmp_path, state_dir, free_por
     record = state_dir / "serving" / "churn-classifier" / "server.json"
     try:
         # as a user runs it: the CLI writes the validation suite beside the spec on first use
-        code = main(["run", "--local", "--dataset", str(spec), "--data", str(data), "--epochs", "10",
-                     "--min-roc-auc", "0.6", "--max-p99-latency-ms", "100"])
+        code = main(
+            [
+                "run",
+                "--local",
+                "--dataset",
+                str(spec),
+                "--data",
+                str(data),
+                "--epochs",
+                "10",
+                "--min-roc-auc",
+                "0.6",
+                "--max-p99-latency-ms",
+                "100",
+            ]
+        )
         assert code == 0 and (tmp_path / "churn.suite.json").exists()
         run_dir = max((state_dir / "kfp").iterdir(), key=lambda p: p.stat().st_mtime)
         assert (run_dir / "deploy-op").is_dir()

@@ -65,7 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from components.core import bundle as bundle_lib
     from components.core.spec import load_spec
     from components.data.datagen import GenConfig, generate
-    from components.deployment.local import wait_ready
+    from components.deployment.processes import wait_ready
     from components.training.train import TrainParams, build_bundle, train_model
 
     tmp = tmp_path_factory.mktemp("compat")

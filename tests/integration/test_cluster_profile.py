@@ -53,14 +53,18 @@ def cluster_profile(state_dir, monkeypatch):
 
 def test_feast_sql_registry_and_redis_then_mlflow_on_postgres(tmp_path, cluster_profile, transactions_spec):
     # a project of its own in the shared database, so reruns and parallel runs cannot collide
-    spec = parse_spec({
-        "name": f"ct_{uuid.uuid4().hex[:8]}",
-        "label": {"column": "is_fraud", "positive": 1, "negative": 0},
-        "entity": "transaction_id",
-        "timestamp": "event_time",
-        "features": {"numeric": [f.name for f in transactions_spec.numeric],
-                     "categorical": [c.name for c in transactions_spec.categorical]},
-    })
+    spec = parse_spec(
+        {
+            "name": f"ct_{uuid.uuid4().hex[:8]}",
+            "label": {"column": "is_fraud", "positive": 1, "negative": 0},
+            "entity": "transaction_id",
+            "timestamp": "event_time",
+            "features": {
+                "numeric": [f.name for f in transactions_spec.numeric],
+                "categorical": [c.name for c in transactions_spec.categorical],
+            },
+        }
+    )
     raw = ingest_frame(spec, make_csv(tmp_path / "tx.csv", rows=1500), cluster_profile)
     valid = validate(spec, raw, run_id="ct", source="tx.csv").valid
     settings = get_settings()

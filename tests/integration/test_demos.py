@@ -27,13 +27,19 @@ STEPS = ["ingest", "validate", "features", "train", "evaluate", "deploy"]
 
 
 def mlwf(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tmp_path, free_port):
-    env = {**os.environ, "MLWF_STATE_DIR": str(tmp_path / "state"), "MLWF_SERVE_PORT": str(free_port),
-           "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "MLWF_STATE_DIR": str(tmp_path / "state"),
+        "MLWF_SERVE_PORT": str(free_port),
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     try:
         demo = mlwf(env, "demo", "--rows", "8000", "--epochs", "12", *GATE)
         assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
@@ -41,8 +47,17 @@ def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tm
         champion = json.loads(record.read_text())
         assert_a_console_a_person_reads(demo, env)
 
-        drift = mlwf(env, "drift-demo", "--rows", "8000", "--replay", "1500", "--epochs", "12",
-                     *[f"--retrain-arg={a.lstrip('-').replace('-', '_')}={v}" for a, v in zip(GATE[::2], GATE[1::2])])
+        drift = mlwf(
+            env,
+            "drift-demo",
+            "--rows",
+            "8000",
+            "--replay",
+            "1500",
+            "--epochs",
+            "12",
+            *[f"--retrain-arg={a.lstrip('-').replace('-', '_')}={v}" for a, v in zip(GATE[::2], GATE[1::2])],
+        )
         out = drift.stdout + drift.stderr
         assert drift.returncode == 0, out[-5000:]
         logged = re.search(r"the model server logged (\d+) rows", drift.stdout)  # its own request log, not the fallback
@@ -56,8 +71,16 @@ def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tm
 
         served = json.loads(record.read_text())
         assert served["version"] == "2"
-        row = {"amount": 120.0, "hour_of_day": 3, "card_age_days": 40, "distance_km": 900.0, "txn_count_24h": 6,
-               "merchant_category": "electronics", "channel": "online", "country": "US"}
+        row = {
+            "amount": 120.0,
+            "hour_of_day": 3,
+            "card_age_days": 40,
+            "distance_km": 900.0,
+            "txn_count_24h": 6,
+            "merchant_category": "electronics",
+            "channel": "online",
+            "country": "US",
+        }
         answer = requests.post(served["predict_url"], json={"instances": [row]}, timeout=10)
         assert answer.status_code == 200 and answer.json()["model_version"]
 
@@ -97,8 +120,9 @@ def assert_a_console_a_person_reads(demo: subprocess.CompletedProcess[str], env:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ui = subprocess.Popen([*shlex.split(command.group(1)), "--port", str(port)], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen(
+        [*shlex.split(command.group(1)), "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

@@ -143,6 +143,7 @@ def test_a_write_that_fails_half_way_leaves_no_partial_output(tmp_path, state_di
                     raise KeyboardInterrupt("killed between write and rename")
                 _calls["n"] += 1
                 return real(src, dst)
+
             return commit
 
         monkeypatch.setattr(os, "replace", dying(real_replace))
@@ -225,8 +226,12 @@ def s3_bucket(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    for var, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for var, value in {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(var, value)
     storage.s3_client().create_bucket(Bucket="landing")
     yield "landing"

@@ -3,7 +3,7 @@ no drift -> no trigger; drift -> exactly one trigger within the cooldown; after 
 Then the monitoring pipeline under kfp.local, whose retrain branch really runs the training pipeline once."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -39,8 +39,17 @@ def champion(tmp_path, state_dir) -> bundle_lib.Bundle:
     train = frame(3000, seed=1)
     program, vocab, result = train_model(train, NUMERIC, CATEGORICAL, TrainParams(epochs=3, seed=1))
     directory = tmp_path / "bundle"
-    build_bundle(directory, program, vocab, result, train, NUMERIC, CATEGORICAL,
-                 {"inputs_fingerprint": "f" * 64, "model_name": MODEL}, "# test champion\n")
+    build_bundle(
+        directory,
+        program,
+        vocab,
+        result,
+        train,
+        NUMERIC,
+        CATEGORICAL,
+        {"inputs_fingerprint": "f" * 64, "model_name": MODEL},
+        "# test champion\n",
+    )
     client = tracking.configure(get_settings())
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(directory), artifact_path="bundle")
@@ -57,18 +66,27 @@ def serve_log(champion: bundle_lib.Bundle, traffic: pd.DataFrame, at: datetime) 
     rows = [{k: v[i] for k, v in columns.items()} for i in range(len(traffic))]
     for start in range(0, len(rows), 100):
         part = slice(start, start + 100)
-        writer.log(rows[part], probs[part], (probs[part] >= champion.threshold).astype(int), "f" * 12,
-                   f"req-{start}", entities=traffic["transaction_id"].iloc[part].tolist(), now=at)
+        writer.log(
+            rows[part],
+            probs[part],
+            (probs[part] >= champion.threshold).astype(int),
+            "f" * 12,
+            f"req-{start}",
+            entities=traffic["transaction_id"].iloc[part].tolist(),
+            now=at,
+        )
     writer.flush()
 
 
 def test_drift_triggers_retraining_exactly_once_within_the_cooldown(tmp_path, state_dir, champion):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     serve_log(champion, frame(1500, seed=2), now - timedelta(hours=5))  # like training: no drift
     drifted = frame(1500, seed=3, drift=1.0)
     serve_log(champion, drifted, now - timedelta(minutes=30))
     labels = tmp_path / "labels.csv"
-    drifted.assign(entity=drifted["transaction_id"], label=drifted["is_fraud"], ts=now.isoformat())[["entity", "label", "ts"]].to_csv(labels, index=False)
+    drifted.assign(entity=drifted["transaction_id"], label=drifted["is_fraud"], ts=now.isoformat())[["entity", "label", "ts"]].to_csv(
+        labels, index=False
+    )
 
     calls: list[dict] = []
 
@@ -94,8 +112,13 @@ def test_drift_triggers_retraining_exactly_once_within_the_cooldown(tmp_path, st
     second = run_monitor(config, settings, trigger, args, now=now + timedelta(minutes=10))
     assert second.decision.action == "cooldown" and len(calls) == 1  # the loop is broken
 
-    later = run_monitor(MonitorConfig(MODEL, window_hours=8, cooldown_hours=6, labels_uri=str(labels)), settings, trigger, args,
-                        now=now + timedelta(hours=6, minutes=1))
+    later = run_monitor(
+        MonitorConfig(MODEL, window_hours=8, cooldown_hours=6, labels_uri=str(labels)),
+        settings,
+        trigger,
+        args,
+        now=now + timedelta(hours=6, minutes=1),
+    )
     assert later.decision.action == "retrain" and len(calls) == 2  # the cooldown has passed
     state = read_cooldown(settings, SERVICE)
     assert [t["run"] for t in state["triggers"]] == ["fake-run-1", "fake-run-2"]
@@ -127,15 +150,21 @@ def test_an_empty_window_and_a_missing_champion_are_clear(state_dir, champion, t
 
 def test_monitoring_pipeline_retrains_for_real_once(tmp_path, state_dir, champion, free_port, monkeypatch):
     """kfp.local: drift -> dsl.If -> retrain runs the real training pipeline once (about a minute and a half)."""
-    from components.deployment.local import stop_local
+    from components.deployment.processes import stop_local
     from pipelines.monitoring import run_monitoring_local
 
     monkeypatch.setenv("MLWF_SERVE_PORT", str(free_port))
-    serve_log(champion, frame(800, seed=4, drift=1.0), datetime.now(timezone.utc) - timedelta(minutes=5))
+    serve_log(champion, frame(800, seed=4, drift=1.0), datetime.now(UTC) - timedelta(minutes=5))
     data = tmp_path / "retrain.csv"
     frame(3000, seed=5, drift=1.0).drop(columns=["event_timestamp", "label"]).to_csv(data, index=False)
-    training = {"dataset_spec": "transactions", "source_uri": str(data), "epochs": 3, "min_roc_auc": 0.5, "max_regression": 1.0,
-                "max_p99_latency_ms": 100.0}
+    training = {
+        "dataset_spec": "transactions",
+        "source_uri": str(data),
+        "epochs": 3,
+        "min_roc_auc": 0.5,
+        "max_regression": 1.0,
+        "max_p99_latency_ms": 100.0,
+    }
     arguments = {"model_name": MODEL, "window_hours": 1.0, "cooldown_hours": 6.0, "training_arguments": json.dumps(training)}
     client = tracking.configure(get_settings())
     try:
@@ -176,7 +205,9 @@ def test_schedule_creates_a_recurring_run_through_the_kfp_api(monkeypatch):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             requests_seen.append(("GET", self.path, {}))
             if self.path.startswith("/apis/v2beta1/experiments"):
-                self._answer({"experiments": [{"experiment_id": "exp-1", "display_name": "mlwf-monitoring", "namespace": "mlwf"}], "total_size": 1})
+                self._answer(
+                    {"experiments": [{"experiment_id": "exp-1", "display_name": "mlwf-monitoring", "namespace": "mlwf"}], "total_size": 1}
+                )
             else:
                 self._answer({})
 
@@ -194,8 +225,22 @@ def test_schedule_creates_a_recurring_run_through_the_kfp_api(monkeypatch):
     for var in ("KFP_TOKEN", "KFP_COOKIE"):
         monkeypatch.delenv(var, raising=False)
     try:
-        assert main(["schedule", "--host", f"http://127.0.0.1:{server.server_port}", "--cron", "30 * * * *",
-                     "--arg", "window_hours=1", "--arg", 'training_arguments={"epochs": 5}']) == 0
+        assert (
+            main(
+                [
+                    "schedule",
+                    "--host",
+                    f"http://127.0.0.1:{server.server_port}",
+                    "--cron",
+                    "30 * * * *",
+                    "--arg",
+                    "window_hours=1",
+                    "--arg",
+                    'training_arguments={"epochs": 5}',
+                ]
+            )
+            == 0
+        )
     finally:
         server.shutdown()
     posts = [(path, body) for method, path, body in requests_seen if method == "POST"]

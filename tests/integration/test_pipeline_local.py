@@ -10,7 +10,7 @@ import requests
 
 from components.core import tracking
 from components.core.settings import get_settings
-from components.deployment.local import stop_local
+from components.deployment.processes import stop_local
 from pipelines.local import run_local
 from tests.conftest import make_csv
 
@@ -33,8 +33,16 @@ def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free
         # the served model answers over HTTP on loopback, and refuses a malformed request with a 400
         served = json.loads(record.read_text())
         assert served["url"].startswith("http://127.0.0.1:") and served["version"] == version
-        row = {"amount": 950.0, "hour_of_day": 2, "card_age_days": 12, "distance_km": 400.0, "txn_count_24h": 5,
-               "merchant_category": "jewelry", "channel": "online", "country": "NG"}
+        row = {
+            "amount": 950.0,
+            "hour_of_day": 2,
+            "card_age_days": 12,
+            "distance_km": 400.0,
+            "txn_count_24h": 5,
+            "merchant_category": "jewelry",
+            "channel": "online",
+            "country": "NG",
+        }
         ok = requests.post(served["predict_url"], json={"instances": [row]}, timeout=10)
         assert ok.status_code == 200 and 0.0 <= ok.json()["predictions"][0]["probability"] <= 1.0
         bad = requests.post(served["predict_url"], json={"instances": [{**row, "amount": "lots"}]}, timeout=10)

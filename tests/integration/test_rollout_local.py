@@ -19,7 +19,8 @@ import requests
 
 from components.core import bundle as bundle_lib
 from components.core.settings import get_settings
-from components.deployment.local import deploy_local, stop_local
+from components.deployment.local import deploy_local
+from components.deployment.processes import stop_local
 from components.deployment.rollout import DeployError
 from pipelines.demo_bundles import make_broken_bundle
 
@@ -33,8 +34,15 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
     x1, x2 = rng.normal(size=n), rng.lognormal(size=n)
     colour = rng.choice(["red", "green", "blue"], n)
     label = (rng.random(n) < 1 / (1 + np.exp(-(2 * x1 + (colour == "red") - 0.5)))).astype(int)
-    return pd.DataFrame({"event_timestamp": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
-                         "x1": x1, "x2": x2, "colour": colour, "label": label})
+    return pd.DataFrame(
+        {
+            "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
+            "x1": x1,
+            "x2": x2,
+            "colour": colour,
+            "label": label,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +55,17 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for version, seed in (("1", 0), ("2", 1)):
         # Two seeds on the same data: a retrained model, close to the old one but not the same.
         program, vocab, result = train_model(frame, ["x1", "x2"], ["colour"], TrainParams(epochs=10, seed=seed, patience=3))
-        build_bundle(root / f"v{version}", program, vocab, result, frame, ["x1", "x2"], ["colour"],
-                     {"dataset": "synthetic", "model_version": version}, "# test\n")
+        build_bundle(
+            root / f"v{version}",
+            program,
+            vocab,
+            result,
+            frame,
+            ["x1", "x2"],
+            ["colour"],
+            {"dataset": "synthetic", "model_version": version},
+            "# test\n",
+        )
         out[version] = str(root / f"v{version}")
     out["broken"] = make_broken_bundle(out["2"], str(root / "broken"), "errors")
     return out
@@ -151,8 +168,11 @@ def test_a_killed_rollout_resumes_on_rerun_and_leaves_no_orphans(local, bundles,
     rows = state_dir / "traffic.json"
     rows.write_text(json.dumps(traffic))
     # The deploy in a process of its own, with longer steps, so it can be killed mid-rollout like a crashed step.
-    child = subprocess.Popen([sys.executable, "-c", CHILD, bundles["2"], str(rows)], cwd=Path(__file__).resolve().parents[2],
-                             env={**os.environ, "MLWF_CANARY_STEP_SECONDS": "3"})
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, bundles["2"], str(rows)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "MLWF_CANARY_STEP_SECONDS": "3"},
+    )
     deadline = time.monotonic() + 60
     canary_path = local / "canary.json"
     # Kill the deploying process as soon as the canary has passed its first step: mid-rollout, servers running.

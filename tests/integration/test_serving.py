@@ -86,7 +86,7 @@ def _start(bundle_dir: Path, state: Path, log_root: Path, log_path: Path, *extra
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    from components.deployment.local import wait_ready
+    from components.deployment.processes import wait_ready
 
     wait_ready(url, MODEL, process, log_path, timeout=120)
 
@@ -647,6 +647,17 @@ def test_batch_log_lines_are_byte_for_byte_the_per_row_encoding() -> None:
     batch.entities = None
     plain = encode_columns(batch, probabilities, labels, schema.names, schema.numeric, head, [0])
     assert plain == encode(*head, per_row[0], probabilities.tolist()[0], labels.tolist()[0], None)
+
+
+def test_v1_body_is_byte_for_byte_the_dict_encoding() -> None:
+    """The front writes V1 answers column-wise; KServe's path (gRPC, V1 through KServe) returns the dict form."""
+    import orjson
+
+    from serving.model import Scored, v1_body, v1_response
+
+    for probabilities in (np.array([0.5]), np.random.default_rng(1).random(1000), np.array([0.0, -0.0, 5e-324, 1e-300, np.nan, 1.0])):
+        scored = Scored(probabilities, (probabilities >= 0.5).astype(np.int64), "r")
+        assert v1_body(scored, 'v"1') == orjson.dumps(v1_response(scored, 'v"1'))
 
 
 def test_large_batches_are_logged_from_the_event_loop_once_even_if_closed_midway(tmp_path: Path) -> None:

@@ -81,8 +81,10 @@ class FaultyRelay:
                     n = relay._counts[self.command]
                 status = relay.fault(self.command, self.path, n)
                 if status is not None:
-                    payload = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code>"
-                               b"<Message>injected by the test relay</Message></Error>")
+                    payload = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+                        b"<Message>injected by the test relay</Message></Error>"
+                    )
                     self.send_response(status)
                     self.send_header("content-type", "application/xml")
                     self.send_header("content-length", str(len(payload)))

@@ -126,5 +126,7 @@ def test_sigkill_while_validate_and_features_write_then_rerun_gives_identical_ou
         assert_whole_files(state, out)
         assert run() == 0, f"trial {trial}: the rerun after a kill at file {target - inputs} of {outputs} failed"
         got = _tree(state, out)
-        assert got == reference, (f"trial {trial} (killed at file {target - inputs} of {outputs}): outputs differ from "
-                                  f"the uninterrupted run: {sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))}")
+        assert got == reference, (
+            f"trial {trial} (killed at file {target - inputs} of {outputs}): outputs differ from "
+            f"the uninterrupted run: {sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))}"
+        )

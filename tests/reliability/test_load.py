@@ -108,12 +108,25 @@ def test_fixed_request_rate_for_a_minute_zero_errors_and_p99_within_budget(tmp_p
     own counter of successful requests grew by exactly that many."""
     bundle = make_bundle(tmp_path / "v1", "1")
     port, log_path = _free_port(), tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "serving", "--model_name", MODEL, "--model_dir", bundle, "--http_port", str(port),
-           "--bind_host", "127.0.0.1", "--request_log_root", str(tmp_path / "request_logs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model_name",
+        MODEL,
+        "--model_dir",
+        bundle,
+        "--http_port",
+        str(port),
+        "--bind_host",
+        "127.0.0.1",
+        "--request_log_root",
+        str(tmp_path / "request_logs"),
+    ]
     with open(log_path, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        from components.deployment.local import wait_ready
+        from components.deployment.processes import wait_ready
         from components.deployment.replay import scrape_requests
 
         url = f"http://127.0.0.1:{port}"
@@ -127,8 +140,9 @@ def test_fixed_request_rate_for_a_minute_zero_errors_and_p99_within_budget(tmp_p
         process.send_signal(signal.SIGTERM)
         process.wait(30)
     statuses = result["statuses"]
-    assert len(statuses) == result["total"] and set(statuses) == {200}, \
+    assert len(statuses) == result["total"] and set(statuses) == {200}, (
         f"{sum(s != 200 for s in statuses)} of {len(statuses)} requests failed: {sorted(set(statuses))}"
+    )
     assert before is not None and after is not None and after[0] - before[0] == result["total"] and after[1] == before[1]
     assert float(np.max(result["lags"])) < MAX_SCHEDULE_LAG_S, "the client fell behind its schedule: the rate was not held"
     p99 = float(np.percentile(result["latencies"], 99))
@@ -144,7 +158,8 @@ def test_swapping_the_model_under_load_loses_no_request(state_dir, free_port, mo
     deployment record (server.json) before each request."""
     from components.core.paths import service_name
     from components.core.settings import get_settings
-    from components.deployment.local import deploy_local, stop_local
+    from components.deployment.local import deploy_local
+    from components.deployment.processes import stop_local
 
     monkeypatch.setenv("MLWF_SERVE_PORT", str(free_port))
     monkeypatch.setenv("MLWF_CANARY_STEPS", "50,100")

@@ -59,13 +59,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
         spec = load_spec("transactions")
         numeric, categorical = [f.name for f in spec.numeric], [c.name for c in spec.categorical]
         raw = generate(GenConfig(rows=500, seed=8))
-        valid = pd.DataFrame({
-            "transaction_id": raw["transaction_id"].astype(str),
-            "event_timestamp": pd.to_datetime(raw["event_time"], utc=True),
-            **{n: raw[n].astype("float64") for n in numeric},
-            **{c: raw[c].astype(str) for c in categorical},
-            "label": raw["is_fraud"].astype("int8"),
-        })
+        valid = pd.DataFrame(
+            {
+                "transaction_id": raw["transaction_id"].astype(str),
+                "event_timestamp": pd.to_datetime(raw["event_time"], utc=True),
+                **{n: raw[n].astype("float64") for n in numeric},
+                **{c: raw[c].astype(str) for c in categorical},
+                "label": raw["is_fraud"].astype("int8"),
+            }
+        )
         settings = get_settings()
         outcome = build_features(spec, valid, settings)
         program, vocab, result = train_model(outcome.train, numeric, categorical, TrainParams(epochs=2, seed=3))
@@ -73,19 +75,41 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
         lineage = {"dataset": spec.name, "feature_service": outcome.service, "model_name": MODEL, "inputs_fingerprint": "online0123456"}
         build_bundle(bundle_dir, program, vocab, result, outcome.train, numeric, categorical, lineage, "test bundle\n")
     port, log_path = _free_port(), tmp / "server.log"
-    cmd = [sys.executable, "-m", "serving", "--model_name", MODEL, "--model_dir", str(bundle_dir), "--http_port", str(port),
-           "--bind_host", "127.0.0.1", "--request_log_root", "off", "--entity_lookup", "lazy"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model_name",
+        MODEL,
+        "--model_dir",
+        str(bundle_dir),
+        "--http_port",
+        str(port),
+        "--bind_host",
+        "127.0.0.1",
+        "--request_log_root",
+        "off",
+        "--entity_lookup",
+        "lazy",
+    ]
     env = {**os.environ, "MLWF_STATE_DIR": str(state), "MLWF_PROFILE": "local"}
     with open(log_path, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        from components.deployment.local import wait_ready
+        from components.deployment.processes import wait_ready
 
         wait_ready(url, MODEL, process, log_path, timeout=120)
         offline = pd.concat([outcome.train, outcome.test]).set_index("transaction_id")
-        yield {"url": url, "process": process, "online_db": Path(settings.feast_online), "offline": offline,
-               "features": numeric + categorical, "bundle": bundle_lib.load(bundle_dir), "log": log_path}
+        yield {
+            "url": url,
+            "process": process,
+            "online_db": Path(settings.feast_online),
+            "offline": offline,
+            "features": numeric + categorical,
+            "bundle": bundle_lib.load(bundle_dir),
+            "log": log_path,
+        }
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

@@ -65,8 +65,7 @@ def assert_bundle_whole(prefix_uri: str) -> None:
 
 
 def cluster_settings(stub: KubeStub):
-    return dataclasses.replace(get_settings(), kserve_namespace="mlwf", kserve_mode="knative",
-                               kserve_service_account="mlwf-model-server")
+    return dataclasses.replace(get_settings(), kserve_namespace="mlwf", kserve_mode="knative", kserve_service_account="mlwf-model-server")
 
 
 def test_a_503_in_the_middle_of_a_bundle_upload_is_retried_and_the_bundle_arrives_whole(relay, small_bundle, state_dir):
@@ -77,8 +76,15 @@ def test_a_503_in_the_middle_of_a_bundle_upload_is_retried_and_the_bundle_arrive
 
     relay.fault = lambda method, path, n: 503 if method == "PUT" and n in (2, 4) else None
     with KubeStub(mode="knative") as stub:
-        out = deploy_cluster(small_bundle, MODEL, "1", cluster_settings(stub),
-                             api_client=client.ApiClient(client.Configuration(host=stub.url)), timeout_s=5, poll_s=0.01)
+        out = deploy_cluster(
+            small_bundle,
+            MODEL,
+            "1",
+            cluster_settings(stub),
+            api_client=client.ApiClient(client.Configuration(host=stub.url)),
+            timeout_s=5,
+            poll_s=0.01,
+        )
         posted = stub.calls("POST")
     assert out["action"] == "created"
     assert relay.count("PUT", 503) == 2 and relay.count("PUT", 200) == len(bundle_lib.BUNDLE_FILES) + 1
@@ -126,8 +132,9 @@ def test_mlflow_artifacts_on_s3_no_registered_version_points_at_a_missing_object
     from components.training.train import TrainParams
 
     monkeypatch.setenv("MLWF_MLFLOW_ARTIFACT_ROOT", f"s3://{BUCKET}/mlflow")
-    spec = parse_spec({"name": "outage", "label": {"column": "label", "positive": 1},
-                       "features": {"numeric": ["x1", "x2"], "categorical": ["colour"]}})
+    spec = parse_spec(
+        {"name": "outage", "label": {"column": "label", "positive": 1}, "features": {"numeric": ["x1", "x2"], "categorical": ["colour"]}}
+    )
     frame = synthetic_frame(300, 1).assign(row_id=lambda f: [f"r{i}" for i in range(len(f))])
     train_path = tmp_path / "train.parquet"
     frame.to_parquet(train_path)

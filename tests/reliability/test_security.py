@@ -83,15 +83,30 @@ def test_a_bundle_loads_and_serves_with_the_full_unpickler_disabled(small_bundle
     got = model.scorer.score(rows, 20)
     assert list(got) == pytest.approx(list(want), rel=1e-5, abs=1e-6)
 
-    unpicklers = {"pickle.load", "pickle.loads", "pickle.Unpickler", "torch.load", "joblib.load", "dill.load",
-                  "cloudpickle.load", "cloudpickle.loads", "pandas.read_pickle", "pd.read_pickle", "numpy.load", "np.load"}
+    unpicklers = {
+        "pickle.load",
+        "pickle.loads",
+        "pickle.Unpickler",
+        "torch.load",
+        "joblib.load",
+        "dill.load",
+        "cloudpickle.load",
+        "cloudpickle.loads",
+        "pandas.read_pickle",
+        "pd.read_pickle",
+        "numpy.load",
+        "np.load",
+    }
     found = []
     for path in [*ROOT.joinpath("serving").glob("*.py"), ROOT / "components" / "bundle.py", ROOT / "components" / "storage.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) in unpicklers:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
-            if isinstance(node, ast.keyword) and node.arg in ("weights_only", "allow_pickle") and ast.unparse(node.value) != (
-                    "True" if node.arg == "weights_only" else "False"):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg in ("weights_only", "allow_pickle")
+                and ast.unparse(node.value) != ("True" if node.arg == "weights_only" else "False")
+            ):
                 found.append(f"{path.relative_to(ROOT)}:{node.value.lineno} {node.arg}={ast.unparse(node.value)}")
     assert not found, f"code that can unpickle on the serving path: {found}"
 
@@ -163,9 +178,27 @@ def test_the_server_refuses_a_tampered_program_at_load(small_bundle, tmp_path):
     program[len(program) // 2] ^= 0x01
     (tampered / bundle_lib.PROGRAM).write_bytes(bytes(program))
     port = _free_port()
-    done = subprocess.run([sys.executable, "-m", "serving", "--model_name", MODEL, "--model_dir", str(tampered),
-                           "--http_port", str(port), "--bind_host", "127.0.0.1", "--request_log_root", "off"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model_name",
+            MODEL,
+            "--model_dir",
+            str(tampered),
+            "--http_port",
+            str(port),
+            "--bind_host",
+            "127.0.0.1",
+            "--request_log_root",
+            "off",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     assert "model.pt2 does not match its sha256" in done.stderr, done.stderr[-2000:]
     with socket.socket() as sock:
@@ -264,13 +297,13 @@ def test_no_secret_reaches_logs_mlflow_or_compiled_packages(state_dir, monkeypat
     from pipelines.monitoring import monitoring_pipeline
 
     _secret_env(monkeypatch, _free_port())
-    spec = parse_spec({"name": "secrets", "label": {"column": "label", "positive": 1},
-                       "features": {"numeric": ["x1", "x2"], "categorical": ["colour"]}})
+    spec = parse_spec(
+        {"name": "secrets", "label": {"column": "label", "positive": 1}, "features": {"numeric": ["x1", "x2"], "categorical": ["colour"]}}
+    )
     frame = synthetic_frame(300, 2).assign(row_id=lambda f: [f"r{i}" for i in range(len(f))])
     frame.to_parquet(tmp_path / "train.parquet")
     with _Collect() as logs:
-        out = run_training_step(spec, str(tmp_path / "train.parquet"), str(tmp_path / "model"), TrainParams(epochs=2),
-                                "secrets_v1", "fp")
+        out = run_training_step(spec, str(tmp_path / "train.parquet"), str(tmp_path / "model"), TrainParams(epochs=2), "secrets_v1", "fp")
         training = compile_package(str(tmp_path / "compiled" / "training.yaml"))
         monitoring = compile_package(str(tmp_path / "compiled" / "monitoring.yaml"), None, monitoring_pipeline)
     captured = capfd.readouterr()
@@ -302,16 +335,33 @@ def test_the_server_leaks_no_secret_limits_bodies_and_has_no_debug_endpoints(tmp
     bundle = make_bundle(tmp_path / "bundle", "1", lineage={"dataset": "transactions", "feature_service": "transactions_v1"})
     port, log_path = _free_port(), tmp_path / "server.log"
     limit = 10_000
-    cmd = [sys.executable, "-m", "serving", "--model_name", MODEL, "--model_dir", bundle, "--http_port", str(port),
-           "--bind_host", "127.0.0.1", "--request_log_root", "off", "--max_request_bytes", str(limit), "--log_requests",
-           "--log_level", "DEBUG"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model_name",
+        MODEL,
+        "--model_dir",
+        bundle,
+        "--http_port",
+        str(port),
+        "--bind_host",
+        "127.0.0.1",
+        "--request_log_root",
+        "off",
+        "--max_request_bytes",
+        str(limit),
+        "--log_requests",
+        "--log_level",
+        "DEBUG",
+    ]
     env = {**os.environ, "MLWF_STATE_DIR": str(tmp_path / "state"), "MLWF_PROFILE": "local", "MLWF_FEAST_REGISTRY": registry}
     with open(log_path, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     answers = []
     try:
-        from components.deployment.local import wait_ready
+        from components.deployment.processes import wait_ready
 
         wait_ready(url, MODEL, process, log_path, timeout=120)
         predict = f"{url}/v1/models/{MODEL}:predict"
@@ -352,7 +402,7 @@ def test_images_run_as_a_non_root_user(dockerfile):
         if not stripped.endswith("\\"):
             lines.append(current.strip())
             current = ""
-    final = lines[max(i for i, line in enumerate(lines) if line.upper().startswith("FROM ")):]
+    final = lines[max(i for i, line in enumerate(lines) if line.upper().startswith("FROM ")) :]
     users = [(i, line.split(None, 1)[1].strip()) for i, line in enumerate(final) if line.upper().startswith("USER ")]
     starts = [i for i, line in enumerate(final) if line.upper().startswith(("CMD ", "ENTRYPOINT "))]
     assert users and starts, f"{dockerfile}: final stage has no USER or no CMD/ENTRYPOINT"

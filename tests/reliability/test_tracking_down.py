@@ -22,18 +22,23 @@ from components.training.run import run_training_step
 from components.training.train import TrainParams
 
 pytestmark = pytest.mark.integration
-SPEC = parse_spec({"name": "rel", "label": {"column": "y", "positive": 1},
-                   "features": {"numeric": ["x1", "x2"], "categorical": ["c"]}})
+SPEC = parse_spec({"name": "rel", "label": {"column": "y", "positive": 1}, "features": {"numeric": ["x1", "x2"], "categorical": ["c"]}})
 
 
 def _train_set(path) -> str:
     rng = np.random.default_rng(0)
     n = 800
     x1 = rng.normal(size=n)
-    df = pd.DataFrame({"row_id": [f"r{i}" for i in range(n)],
-                       "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
-                       "x1": x1, "x2": rng.normal(size=n), "c": rng.choice(["a", "b"], n),
-                       "label": (x1 + rng.normal(size=n) > 1).astype("int8")})
+    df = pd.DataFrame(
+        {
+            "row_id": [f"r{i}" for i in range(n)],
+            "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
+            "x1": x1,
+            "x2": rng.normal(size=n),
+            "c": rng.choice(["a", "b"], n),
+            "label": (x1 + rng.normal(size=n) > 1).astype("int8"),
+        }
+    )
     df.to_parquet(path)
     return str(path)
 
@@ -45,9 +50,27 @@ def _free_port() -> int:
 
 
 def _start_server(db: str, artifacts: str, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-                             "--default-artifact-root", artifacts, "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--default-artifact-root",
+            artifacts,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -91,7 +114,7 @@ def test_server_dies_mid_run_leaves_no_version(tmp_path, state_dir, monkeypatch)
 
     monkeypatch.setattr("components.training.run.train_model", dying)
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017  (whichever the MLflow client raises: the point is what is left behind)
             run_training_step(SPEC, _train_set(tmp_path / "t.parquet"), str(tmp_path / "m"), TrainParams(epochs=2), "rel_v1", "fp")
         server = _start_server(db, artifacts, port)
         from mlflow.tracking import MlflowClient

@@ -61,7 +61,10 @@ def test_run_without_local_points_to_submit(tmp_path, state_dir, capsys):
 
 def test_submit_arguments_parse_as_json_when_they_can():
     assert parse_arguments(["epochs=5", "source_uri=s3://b/k.csv", "min_roc_auc=0.8"]) == {
-        "epochs": 5, "source_uri": "s3://b/k.csv", "min_roc_auc": 0.8}
+        "epochs": 5,
+        "source_uri": "s3://b/k.csv",
+        "min_roc_auc": 0.8,
+    }
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_arguments(["oops"])
 
@@ -113,7 +116,7 @@ def test_suite_command_and_first_use_of_a_local_spec(tmp_path, state_dir, capsys
 # Two tiny lightweight components run by the real kfp.local SubprocessRunner (as `mlwf run --local` runs its steps):
 # one floods its output the way a real step does, one fails with a traceback after doing so.
 
-from kfp import dsl
+from kfp import dsl  # noqa: E402  (beside the components it builds)
 
 _component = dsl.component(base_image="python:3.11", install_kfp_package=False)
 
@@ -126,7 +129,7 @@ def noisy_op(lines: int) -> int:
     for i in range(lines):
         print(f"noisy line {i}")
     print("native-looking noise on stderr", file=sys.stderr)
-    warnings.warn("a library warning")
+    warnings.warn("a library warning", stacklevel=1)
     return lines
 
 
@@ -160,8 +163,9 @@ def test_a_local_run_prints_a_line_per_step_and_logs_everything_else(state_dir, 
 
     console = io.StringIO()
     seen = []
-    run = run_pipeline_locally(ok_pipeline, {"lines": 200}, "log-capture-ok", console,
-                               lambda task, where: seen.append(task) or f"{task} result")
+    run = run_pipeline_locally(
+        ok_pipeline, {"lines": 200}, "log-capture-ok", console, lambda task, where: seen.append(task) or f"{task} result"
+    )
     lines = console.getvalue().splitlines()
     assert len(lines) == 2, console.getvalue()
     assert lines[0].startswith("[1/2] first ...") and lines[0].endswith("noisy-op result")

@@ -26,8 +26,16 @@ def two_ranks(tmp_path_factory):
     train_path = root / "train.parquet"
     synthetic(1200, seed=5).to_parquet(train_path)
     out = root / "out"
-    result = run_local(2, SPEC, str(train_path), str(out), PARAMS, {"feature_service": "synthetic_v1", "dataset_fingerprint": "fp"},
-                       dump_weights=True, timeout_s=300)
+    result = run_local(
+        2,
+        SPEC,
+        str(train_path),
+        str(out),
+        PARAMS,
+        {"feature_service": "synthetic_v1", "dataset_fingerprint": "fp"},
+        dump_weights=True,
+        timeout_s=300,
+    )
     return out, result
 
 

@@ -1,6 +1,6 @@
 """Drift statistics on constructed distributions, and the monitor's cooldown decision."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -23,19 +23,22 @@ def profile_of(train: pd.DataFrame, numeric: list[str], categorical: list[str], 
 def reference():
     rng = np.random.default_rng(0)
     n = 20_000
-    train = pd.DataFrame({
-        "x": rng.normal(size=n),
-        "count": rng.poisson(1.0, n).astype(float),  # discrete: decile edges collapse
-        "colour": rng.choice(["red", "green", "blue"], n, p=[0.5, 0.3, 0.2]),
-    })
+    train = pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "count": rng.poisson(1.0, n).astype(float),  # discrete: decile edges collapse
+            "colour": rng.choice(["red", "green", "blue"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
     scores = rng.beta(1, 8, n)
     return train, profile_of(train, ["x", "count"], ["colour"], scores)
 
 
 def current(n: int, seed: int, shift: float = 0.0, colours=("red", "green", "blue"), p=(0.5, 0.3, 0.2)) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"x": rng.normal(shift, 1.0, n), "count": rng.poisson(1.0, n).astype(float),
-                         "colour": rng.choice(list(colours), n, p=list(p))})
+    return pd.DataFrame(
+        {"x": rng.normal(shift, 1.0, n), "count": rng.poisson(1.0, n).astype(float), "colour": rng.choice(list(colours), n, p=list(p))}
+    )
 
 
 def test_no_shift_at_a_million_rows_is_below_every_threshold(reference):
@@ -161,7 +164,7 @@ def test_cooldown_blocks_a_second_trigger_until_it_has_passed(reference):
     _, profile = reference
     drifted = drift.compare(current(5_000, seed=12, shift=1.0), None, profile, TH)
     quiet = drift.compare(current(5_000, seed=13), None, profile, TH)
-    now = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
     assert decide(drifted, {"triggers": []}, now, cooldown_hours=6).action == "retrain"
     state = {"last_trigger": (now - timedelta(hours=2)).isoformat()}
     blocked = decide(drifted, state, now, cooldown_hours=6)

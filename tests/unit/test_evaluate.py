@@ -31,7 +31,9 @@ from components.training.train import TrainParams, build_bundle, train_model
 NUMERIC = ["x1", "x2"]
 CATEGORICAL = ["country", "channel"]
 COUNTRIES, COUNTRY_P = ["A", "B", "C", "D"], [0.5, 0.3, 0.18, 0.02]  # D is tiny: reported, never gated
-TRAINING_CARD = "# Model card: synth\n\n## Intended use\nTests.\n\n## Evaluation\nSee the evaluation report.\n\n## Limitations\nSynthetic.\n"
+TRAINING_CARD = (
+    "# Model card: synth\n\n## Intended use\nTests.\n\n## Evaluation\nSee the evaluation report.\n\n## Limitations\nSynthetic.\n"
+)
 # Latency is not the subject of most tests: a generous budget keeps a loaded CI machine from failing them.
 RELAXED = GatePolicy(min_roc_auc=0.7, max_p99_latency_ms=100.0, max_regression={}, baseline=None, importance_repeats=0)
 SLICED = SlicePolicy(attributes=("country", "channel"), min_rows=100, min_positives=20, max_gap={"roc_auc": 0.15})
@@ -46,8 +48,16 @@ def synthetic(n: int = 3000, seed: int = 0) -> pd.DataFrame:
     logit = 2.2 * x1 + 0.8 * (channel == "web") - 1.2
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int8")
     x2[::40] = np.nan
-    return pd.DataFrame({"event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
-                         "x1": x1, "x2": x2, "country": country, "channel": channel, "label": y})
+    return pd.DataFrame(
+        {
+            "event_timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
+            "x1": x1,
+            "x2": x2,
+            "country": country,
+            "channel": channel,
+            "label": y,
+        }
+    )
 
 
 class SlowProgram(nn.Module):
@@ -114,11 +124,21 @@ def test_a_good_first_model_passes_every_check(bundles, data):
     policy = replace(RELAXED, min_pr_auc=0.5, min_f1=0.5, max_ece=0.3, slices=SLICED)
     ev = evaluate(bundles["good"], test, policy, None, None)
     assert ev.passed, ev.reasons
-    assert {c.name for c in ev.checks} == {"min_roc_auc", "min_pr_auc", "min_f1", "max_ece", "max_p99_latency_ms",
-                                           "slice_gap.country.roc_auc", "slice_gap.channel.roc_auc", "threshold_objective"}
+    assert {c.name for c in ev.checks} == {
+        "min_roc_auc",
+        "min_pr_auc",
+        "min_f1",
+        "max_ece",
+        "max_p99_latency_ms",
+        "slice_gap.country.roc_auc",
+        "slice_gap.channel.roc_auc",
+        "threshold_objective",
+    }
     assert ev.metrics["roc_auc"] > 0.85 and ev.metrics["rows"] == len(test)
     good = bundle_lib.load(bundles["good"])
-    direct = classification_metrics(test["label"].to_numpy(), good.predict_proba(bundle_lib.columns_from_frame(test, good.feature_names)), good.threshold)
+    direct = classification_metrics(
+        test["label"].to_numpy(), good.predict_proba(bundle_lib.columns_from_frame(test, good.feature_names)), good.threshold
+    )
     assert ev.metrics["roc_auc"] == direct["roc_auc"] and ev.metrics["f1"] == direct["f1"]
 
 
@@ -188,8 +208,9 @@ def test_baseline_is_trained_on_the_same_split_and_reported_with_its_latency(bun
 def test_permutation_importance_finds_the_signal(bundles, data):
     _, test = data
     good = bundle_lib.load(bundles["good"])
-    ranked = permutation_importance(good.predict_proba, bundle_lib.columns_from_frame(test, good.feature_names),
-                                    test["label"].to_numpy(), repeats=2)
+    ranked = permutation_importance(
+        good.predict_proba, bundle_lib.columns_from_frame(test, good.feature_names), test["label"].to_numpy(), repeats=2
+    )
     assert ranked[0]["feature"] == "x1" and float(ranked[0]["mean"]) > 0.2
     assert abs(float({r["feature"]: r for r in ranked}["x2"]["mean"])) < 0.02
 
@@ -209,6 +230,7 @@ def test_report_and_model_card_read_the_same_verdict(bundles, data):
 
 
 # --- the champion and the registry (a real MLflow on SQLite in a temporary directory) -------------------
+
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
@@ -250,15 +272,20 @@ def test_champion_regression_uses_the_champions_score_on_the_same_test_set(regis
     ev = evaluate(bundles["biased"], test, policy, "regress_model", candidate, client=registry)
     # the champion was scored here, on these rows, by its own bundle from the registry
     good = bundle_lib.load(bundles["good"])
-    expected = classification_metrics(test["label"].to_numpy(), good.predict_proba(bundle_lib.columns_from_frame(test, good.feature_names)), good.threshold)
+    expected = classification_metrics(
+        test["label"].to_numpy(), good.predict_proba(bundle_lib.columns_from_frame(test, good.feature_names)), good.threshold
+    )
     assert ev.champion["version"] == champion and ev.champion["roc_auc"] == expected["roc_auc"]
     assert not ev.passed and ev.reasons == [
-        f"roc_auc {ev.metrics['roc_auc']:.4f} regresses against champion v{champion} ({expected['roc_auc']:.4f}) by more than 0.01"]
+        f"roc_auc {ev.metrics['roc_auc']:.4f} regresses against champion v{champion} ({expected['roc_auc']:.4f}) by more than 0.01"
+    ]
     # on a different test period the champion's score is recomputed there, not reused
-    later = evaluate(bundles["biased"], test.iloc[len(test) // 2:], policy, "regress_model", candidate, client=registry)
+    later = evaluate(bundles["biased"], test.iloc[len(test) // 2 :], policy, "regress_model", candidate, client=registry)
     assert later.champion["rows"] == len(test) - len(test) // 2 and later.champion["roc_auc"] != ev.champion["roc_auc"]
     # within a wide tolerance the same candidate passes: the champion check is what failed it
-    assert evaluate(bundles["biased"], test, replace(policy, max_regression={"roc_auc": 0.5}), "regress_model", candidate, client=registry).passed
+    assert evaluate(
+        bundles["biased"], test, replace(policy, max_regression={"roc_auc": 0.5}), "regress_model", candidate, client=registry
+    ).passed
 
 
 def _artifact(cls, tmp: Path, name: str):
@@ -277,7 +304,8 @@ def test_evaluate_step_records_the_verdict_and_moves_only_the_challenger(registr
     (tmp_path / "synth.policy.yaml").write_text(
         "version: 4\ndataset: synth\nthresholds: {min_roc_auc: 0.7}\nlatency: {max_p99_ms: 100}\n"
         "slices: {attributes: [country, channel], min_rows: 100, min_positives: 20, max_gap: {roc_auc: 0.15}}\n"
-        "baseline: {kind: logistic_regression}\nimportance: {repeats: 1, rows: 500}\n")
+        "baseline: {kind: logistic_regression}\nimportance: {repeats: 1, rows: 500}\n"
+    )
     train_set, test_set = _artifact(Dataset, tmp_path, "train"), _artifact(Dataset, tmp_path, "test")
     train.to_parquet(train_set.path)
     test.to_parquet(test_set.path)
@@ -285,7 +313,10 @@ def test_evaluate_step_records_the_verdict_and_moves_only_the_challenger(registr
     def run(bundle: str, version: str, **overrides: float) -> tuple[bool, dict]:
         out = tmp_path / f"out-{version}-{len(overrides)}"
         out.mkdir()
-        arts = {n: _artifact(c, out, n) for n, c in (("metrics", Metrics), ("roc", ClassificationMetrics), ("report", HTML), ("model_card", Markdown))}
+        arts = {
+            n: _artifact(c, out, n)
+            for n, c in (("metrics", Metrics), ("roc", ClassificationMetrics), ("report", HTML), ("model_card", Markdown))
+        }
         model = Model(name="model", uri=bundle, metadata={})
         knobs = {"min_roc_auc": -1.0, "max_p99_latency_ms": -1.0, "max_regression": -1.0, **overrides}
         passed = evaluate_step(model, train_set, test_set, "synth_step", version, str(spec), "", **knobs, **arts)

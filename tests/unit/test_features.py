@@ -1,6 +1,6 @@
 """Point-in-time correctness and training-serving consistency against a real Feast repo (local provider)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -12,15 +12,17 @@ from components.features import store as features
 from components.features.online import OnlineFeatures
 from tests.conftest import ingest_frame, make_csv
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-SPEC = parse_spec({
-    "name": "accounts",
-    "label": {"column": "y", "positive": 1},
-    "entity": "account",
-    "timestamp": "ts",
-    "features": {"numeric": ["balance"], "categorical": ["tier"]},
-    "feature_store": {"ttl_days": 10},
-})
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC = parse_spec(
+    {
+        "name": "accounts",
+        "label": {"column": "y", "positive": 1},
+        "entity": "account",
+        "timestamp": "ts",
+        "features": {"numeric": ["balance"], "categorical": ["tier"]},
+        "feature_store": {"ttl_days": 10},
+    }
+)
 
 
 def _store_with(rows: list[tuple[str, datetime, float, str]]):
@@ -35,11 +37,13 @@ def _store_with(rows: list[tuple[str, datetime, float, str]]):
 
 
 def test_no_feature_value_from_after_the_label_time_leaks(state_dir):
-    store = _store_with([
-        ("a", T0, 10.0, "gold"),
-        ("a", T0 + timedelta(days=2), 20.0, "gold"),
-        ("a", T0 + timedelta(days=4), 999.0, "platinum"),  # after both labels: must never appear
-    ])
+    store = _store_with(
+        [
+            ("a", T0, 10.0, "gold"),
+            ("a", T0 + timedelta(days=2), 20.0, "gold"),
+            ("a", T0 + timedelta(days=4), 999.0, "platinum"),  # after both labels: must never appear
+        ]
+    )
     labels = pd.DataFrame({"account": ["a", "a"], "event_timestamp": [T0 + timedelta(days=1), T0 + timedelta(days=3)]})
     out = features.point_in_time(store, "accounts_v1", labels, "account").sort_values("event_timestamp")
     assert out["balance"].tolist() == [10.0, 20.0]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.evaluation.evaluate import GatePolicy, checks, classification_metrics, decide, expected_calibration_error, slice_gaps
+from components.evaluation.evaluate import GatePolicy, checks, classification_metrics, decide, expected_calibration_error
 from components.evaluation.policy import (
     PolicyError,
     SlicePolicy,
@@ -13,6 +13,7 @@ from components.evaluation.policy import (
     resolve_policy_ref,
     with_overrides,
 )
+from components.evaluation.slices import slice_gaps
 
 GOOD = {"roc_auc": 0.9, "pr_auc": 0.5, "f1": 0.4, "ece": 0.03, "latency_p99_ms": 0.4}
 STRICT = GatePolicy(min_roc_auc=0.75, min_pr_auc=0.3, min_f1=0.3, max_ece=0.05)
@@ -33,8 +34,11 @@ def test_every_failed_threshold_is_a_reason():
     bad = {**GOOD, "pr_auc": 0.1, "f1": 0.05, "ece": 0.2}
     passed, reasons = decide(bad, STRICT, None)
     assert not passed
-    assert reasons == ["pr_auc 0.1000 is below the minimum 0.3000", "f1 0.0500 is below the minimum 0.3000",
-                       "ece 0.2000 exceeds the maximum 0.0500"]
+    assert reasons == [
+        "pr_auc 0.1000 is below the minimum 0.3000",
+        "f1 0.0500 is below the minimum 0.3000",
+        "ece 0.2000 exceeds the maximum 0.0500",
+    ]
 
 
 def test_slow_model_fails_on_latency():
@@ -73,11 +77,21 @@ def _slice(attribute, value, rows, positives, roc_auc, gated=True):
 
 def test_slice_gap_is_judged_only_between_slices_large_enough():
     policy = SlicePolicy(attributes=("country",), min_rows=100, min_positives=10, max_gap={"roc_auc": 0.1})
-    table = [_slice("country", "A", 500, 50, 0.90), _slice("country", "B", 400, 40, 0.70),
-             _slice("country", "C", 20, 2, 0.20, gated=False)]
+    table = [_slice("country", "A", 500, 50, 0.90), _slice("country", "B", 400, 40, 0.70), _slice("country", "C", 20, 2, 0.20, gated=False)]
     gaps = slice_gaps(table, policy)
-    assert gaps == [{"attribute": "country", "metric": "roc_auc", "limit": 0.1, "slices": 2, "best": "A", "best_value": 0.9,
-                     "worst": "B", "worst_value": 0.7, "gap": pytest.approx(0.2)}]
+    assert gaps == [
+        {
+            "attribute": "country",
+            "metric": "roc_auc",
+            "limit": 0.1,
+            "slices": 2,
+            "best": "A",
+            "best_value": 0.9,
+            "worst": "B",
+            "worst_value": 0.7,
+            "gap": pytest.approx(0.2),
+        }
+    ]
     passed, reasons = decide(GOOD, GatePolicy(slices=policy), None, gaps)
     assert not passed
     assert reasons == ["roc_auc gap across country slices is 0.2000 (A 0.9000 vs B 0.7000), above the maximum 0.1000"]
@@ -97,6 +111,7 @@ def test_metrics_on_known_values():
 
 
 # --- the policy file ------------------------------------------------------------------------------------
+
 
 def test_bundled_policy_is_the_one_beside_the_spec():
     policy = policy_for_run("", "transactions", "transactions")
@@ -118,7 +133,9 @@ def test_a_spec_path_finds_the_policy_beside_it(tmp_path):
 
 
 def test_overrides_replace_only_what_is_set():
-    base = parse_policy({"version": 1, "thresholds": {"min_roc_auc": 0.8}, "champion": {"max_regression": {"roc_auc": 0.01, "pr_auc": 0.03}}})
+    base = parse_policy(
+        {"version": 1, "thresholds": {"min_roc_auc": 0.8}, "champion": {"max_regression": {"roc_auc": 0.01, "pr_auc": 0.03}}}
+    )
     assert with_overrides(base) is base  # negative = not set: the file decides
     forced = with_overrides(base, min_roc_auc=1.01, max_regression=0.5)
     assert forced.min_roc_auc == 1.01 and forced.max_regression == {"roc_auc": 0.5, "pr_auc": 0.03}
@@ -126,15 +143,18 @@ def test_overrides_replace_only_what_is_set():
     assert "overrides" in forced.source and forced.fingerprint() != base.fingerprint()
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"thresholds": {"min_roc_auc": 0.8}}, "version: a positive integer"),
-    ({"version": 1, "thresholds": {"min_auc": 0.8}}, r"thresholds: unknown key\(s\) \['min_auc'\]"),
-    ({"version": 1, "thresholds": {"min_roc_auc": 1.5}}, r"thresholds.min_roc_auc: 1.5 is outside \[0.0, 1.0\]"),
-    ({"version": 1, "slices": {"attributes": "country"}}, "slices.attributes: expected a list"),
-    ({"version": 1, "slices": {"max_gap": {"auc": 0.1}}}, r"slices.max_gap: unknown key\(s\) \['auc'\]"),
-    ({"version": 1, "baseline": {"kind": "xgboost"}}, "baseline.kind: 'xgboost' is not one of"),
-    ({"version": 1, "latency": {"max_p99_ms": "fast"}}, "latency.max_p99_ms: expected a number"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"thresholds": {"min_roc_auc": 0.8}}, "version: a positive integer"),
+        ({"version": 1, "thresholds": {"min_auc": 0.8}}, r"thresholds: unknown key\(s\) \['min_auc'\]"),
+        ({"version": 1, "thresholds": {"min_roc_auc": 1.5}}, r"thresholds.min_roc_auc: 1.5 is outside \[0.0, 1.0\]"),
+        ({"version": 1, "slices": {"attributes": "country"}}, "slices.attributes: expected a list"),
+        ({"version": 1, "slices": {"max_gap": {"auc": 0.1}}}, r"slices.max_gap: unknown key\(s\) \['auc'\]"),
+        ({"version": 1, "baseline": {"kind": "xgboost"}}, "baseline.kind: 'xgboost' is not one of"),
+        ({"version": 1, "latency": {"max_p99_ms": "fast"}}, "latency.max_p99_ms: expected a number"),
+    ],
+)
 def test_a_malformed_policy_names_the_key(data, message):
     with pytest.raises(PolicyError, match=message):
         parse_policy(data)

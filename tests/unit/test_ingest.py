@@ -8,11 +8,13 @@ from components.core.spec import parse_spec
 from components.data.ingest import IngestError, ingest
 from tests.conftest import make_csv
 
-CHURN = parse_spec({
-    "name": "churn",
-    "label": {"column": "Churn", "positive": "Yes", "negative": "No"},
-    "features": {"numeric": ["tenure", "monthly"], "categorical": ["plan"]},
-})
+CHURN = parse_spec(
+    {
+        "name": "churn",
+        "label": {"column": "Churn", "positive": "Yes", "negative": "No"},
+        "features": {"numeric": ["tenure", "monthly"], "categorical": ["plan"]},
+    }
+)
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -19,8 +19,9 @@ class Mlp:
 
     def __init__(self) -> None:
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Linear(20, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(),
-                                       torch.nn.Linear(64, 1)).eval()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(20, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)
+        ).eval()
 
     def predict_proba(self, columns):
         x = torch.tensor(np.asarray([columns[f"f{j}"] for j in range(20)], dtype=np.float32).T)

@@ -107,9 +107,12 @@ def test_every_stage_package_exists() -> None:
 
 def test_imports_run_one_way() -> None:
     _, edges = graph()
-    wrong = [f"{source} (line {line}) imports {target}"
-             for source, targets in edges.items() for target, _, line in targets
-             if target != source and not allowed(source, target)]
+    wrong = [
+        f"{source} (line {line}) imports {target}"
+        for source, targets in edges.items()
+        for target, _, line in targets
+        if target != source and not allowed(source, target)
+    ]
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
 
 
@@ -132,7 +135,7 @@ def test_no_import_cycles() -> None:
                 stack.pop()
                 path.pop()
             elif colour.get(child) == 1:
-                cycle = path[path.index(child):] + [child]
+                cycle = path[path.index(child) :] + [child]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             elif not colour.get(child):
                 colour[child] = 1
@@ -142,15 +145,22 @@ def test_no_import_cycles() -> None:
 
 def test_no_private_names_across_modules() -> None:
     _, edges = graph()
-    wrong = [f"{source} (line {line}) imports {name} from {target}"
-             for source, targets in edges.items() for target, names, line in targets
-             for name in names if target != source and name.startswith("_") and not name.startswith("__")]
+    wrong = [
+        f"{source} (line {line}) imports {name} from {target}"
+        for source, targets in edges.items()
+        for target, names, line in targets
+        for name in names
+        if target != source and name.startswith("_") and not name.startswith("__")
+    ]
     assert not wrong, "private names imported across modules:\n" + "\n".join(wrong)
 
 
 def test_no_module_too_long() -> None:
-    long = [f"{path.relative_to(ROOT)}: {n} lines" for path in project_modules().values()
-            if (n := len(path.read_text().splitlines())) > MAX_LINES]
+    long = [
+        f"{path.relative_to(ROOT)}: {n} lines"
+        for path in project_modules().values()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    ]
     assert not long, f"modules over {MAX_LINES} lines (split them along their seams):\n" + "\n".join(long)
 
 
@@ -174,7 +184,12 @@ def test_tests_share_factories_not_each_other() -> None:
     wrong = []
     for path in sorted((ROOT / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] \
-                if isinstance(node, ast.Import) else []
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in getattr(node, "names", [])]
+                if isinstance(node, ast.Import)
+                else []
+            )
             wrong += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[-1].startswith("test_")]
     assert not wrong, "test modules importing test modules:\n" + "\n".join(wrong)

@@ -1,7 +1,7 @@
 """The bulk SQLite materializer writes exactly what Feast's own engine writes, incrementally and idempotently."""
 
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -11,14 +11,16 @@ from components.core.spec import parse_spec
 from components.features import store as features
 from components.features.materialize import entity_keys, materialize_incremental
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
-SPEC = parse_spec({
-    "name": "cards",
-    "label": {"column": "y", "positive": 1},
-    "entity": "card",
-    "timestamp": "ts",
-    "features": {"numeric": {"spend": {"nullable": True}, "count": {}}, "categorical": {"tier": {"nullable": True}}},
-})
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+SPEC = parse_spec(
+    {
+        "name": "cards",
+        "label": {"column": "y", "positive": 1},
+        "entity": "card",
+        "timestamp": "ts",
+        "features": {"numeric": {"spend": {"nullable": True}, "count": {}}, "categorical": {"tier": {"nullable": True}}},
+    }
+)
 
 
 def offline_rows(n: int = 300, days: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -28,13 +30,15 @@ def offline_rows(n: int = 300, days: int = 3, seed: int = 0) -> pd.DataFrame:
     spend[5] = 0.0
     tier = rng.choice(["gold", "silver", "bronze", "ünïcode"], n).astype(object)
     tier[::13] = None
-    return pd.DataFrame({
-        "card": [f"c{i % 90}" for i in range(n)],  # several rows per card: the latest must win
-        "event_timestamp": [T0 + timedelta(minutes=int(m)) for m in np.sort(rng.integers(0, days * 1440, n))],
-        "spend": spend,
-        "count": rng.integers(-3, 40, n).astype(float),
-        "tier": tier,
-    })
+    return pd.DataFrame(
+        {
+            "card": [f"c{i % 90}" for i in range(n)],  # several rows per card: the latest must win
+            "event_timestamp": [T0 + timedelta(minutes=int(m)) for m in np.sort(rng.integers(0, days * 1440, n))],
+            "spend": spend,
+            "count": rng.integers(-3, 40, n).astype(float),
+            "tier": tier,
+        }
+    )
 
 
 def _applied_store(state_root, monkeypatch, rows):
@@ -50,8 +54,10 @@ def _applied_store(state_root, monkeypatch, rows):
 def _table(settings):
     conn = sqlite3.connect(settings.feast_online)
     try:
-        return conn.execute("SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts "
-                            "FROM cards_cards ORDER BY entity_key, feature_name").fetchall()
+        return conn.execute(
+            "SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts "
+            "FROM cards_cards ORDER BY entity_key, feature_name"
+        ).fetchall()
     finally:
         conn.close()
 
@@ -90,7 +96,10 @@ def test_incremental_and_idempotent(tmp_path, monkeypatch):
     assert again.engine == "none" and _table(settings) == snapshot  # the same window twice changes nothing
     later = materialize_incremental(features.open_store(SPEC, settings), SPEC, rows, T0 + timedelta(days=3), settings.feast_online)
     assert later.start == first.end  # the next window starts where the last one ended
-    online = features.open_store(SPEC, settings).get_online_features(
-        features=["cards:spend", "cards:count", "cards:tier"], entity_rows=[{"card": "c1"}]).to_dict()
+    online = (
+        features.open_store(SPEC, settings)
+        .get_online_features(features=["cards:spend", "cards:count", "cards:tier"], entity_rows=[{"card": "c1"}])
+        .to_dict()
+    )
     latest = rows[rows.card == "c1"].sort_values("event_timestamp").iloc[-1]
     assert online["count"] == [latest["count"]]

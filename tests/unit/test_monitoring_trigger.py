@@ -16,7 +16,8 @@ KFP_LOCAL_OUTPUT = """
 
 def test_the_innermost_exception_is_the_message():
     assert error_line(KFP_LOCAL_OUTPUT) == (
-        "components.deployment.local.DeployError: canary v2 of m (stable v1) rolled back: [10%] prediction_psi fail: PSI 3.1")
+        "components.deployment.local.DeployError: canary v2 of m (stable v1) rolled back: [10%] prediction_psi fail: PSI 3.1"
+    )
 
 
 def test_without_an_exception_the_last_meaningful_line_and_never_a_separator():

@@ -19,10 +19,11 @@ from components.core import report_style
 from components.core.spec import parse_spec
 from components.data.report import report_html as validation_html
 from components.data.validate import validate
-from components.evaluation.evaluate import Evaluation, GatePolicy, checks, classification_metrics, curves, slice_gaps, slice_table
+from components.evaluation.evaluate import Evaluation, GatePolicy, checks, classification_metrics, curves
 from components.evaluation.policy import SlicePolicy
 from components.evaluation.report import COMPARED
 from components.evaluation.report import report_html as evaluation_html
+from components.evaluation.slices import slice_gaps, slice_table
 from tests.conftest import ingest_frame
 
 HOSTILE = "<script>alert('x')</script>"
@@ -100,9 +101,13 @@ def test_one_style_and_escaping_helpers():
 
 # --- the validation report ------------------------------------------------------------------------------
 
-SPEC = {"name": "payments", "label": {"column": "is_fraud", "positive": "1", "negative": "0"},
-        "entity": "payment_ref", "timestamp": "paid_at",
-        "features": {"numeric": {"amount": {"min": 0}}, "categorical": {"channel": {"values": ["web", "shop"]}}}}
+SPEC = {
+    "name": "payments",
+    "label": {"column": "is_fraud", "positive": "1", "negative": "0"},
+    "entity": "payment_ref",
+    "timestamp": "paid_at",
+    "features": {"numeric": {"amount": {"min": 0}}, "categorical": {"channel": {"values": ["web", "shop"]}}},
+}
 
 
 def write_payments(path, good: int = 60) -> None:
@@ -180,8 +185,11 @@ def test_validation_examples_show_the_whole_file_the_line_and_the_failing_value(
         assert [n for n, (_, cls, _) in cells.items() if "bad" in cls] == [column]  # and nothing else
         assert "bad" in dict(zip(names, [cls for _, cls, _ in header]))[column]
     # the checks table links each failing check to its examples and gives GX's count
-    failing = {row[0][0] + ": " + row[1][0].split(" expect_")[0]: number(row[3][0]) for row in table_under(page, "Checks")[1:]
-               if "fail" in row[3][1] or number(row[3][0])}
+    failing = {
+        row[0][0] + ": " + row[1][0].split(" expect_")[0]: number(row[3][0])
+        for row in table_under(page, "Checks")[1:]
+        if "fail" in row[3][1] or number(row[3][0])
+    }
     assert sum(failing.values()) == sum(outcome.failures.values()) == 4
 
 
@@ -189,7 +197,11 @@ def test_validation_report_escapes_user_data(payments):
     _, _, _, page = payments
     assert "<script>" not in page and "<b>kiosk" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page and "&lt;b&gt;kiosk&lt;/b&gt;" in page
-    assert re.findall(r"<(\w+)", page.split("<body>")[1]) and not {t.lower() for t in re.findall(r"<(\w+)", page)} & {"script", "iframe", "img"}
+    assert re.findall(r"<(\w+)", page.split("<body>")[1]) and not {t.lower() for t in re.findall(r"<(\w+)", page)} & {
+        "script",
+        "iframe",
+        "img",
+    }
 
 
 def test_validation_report_without_entity_or_timestamp_names_what_stands_in(tmp_path, state_dir):
@@ -237,8 +249,13 @@ def make_evaluation(y, p, test, policy: GatePolicy) -> Evaluation:
     return ev
 
 
-POLICY = GatePolicy(min_roc_auc=0.6, baseline=None, importance_repeats=0, max_regression={},
-                    slices=SlicePolicy(attributes=("country",), min_rows=50, min_positives=5, max_gap={"roc_auc": 0.5}))
+POLICY = GatePolicy(
+    min_roc_auc=0.6,
+    baseline=None,
+    importance_repeats=0,
+    max_regression={},
+    slices=SlicePolicy(attributes=("country",), min_rows=50, min_positives=5, max_gap={"roc_auc": 0.5}),
+)
 
 
 def test_evaluation_banner_passes_and_fails_with_the_gate(scored):
@@ -265,7 +282,12 @@ def test_confusion_matrix_at_the_threshold_matches_the_data(scored):
     }
     shown = {(row[0][0], header[i][0]): number(row[i][0]) for row in rows for i in (1, 2) if row[0][0].startswith("actual")}
     assert shown == expected
-    assert "true positives (TP)" in page and "false negatives (FN)" in page and "false positives (FP)" in page and "true negatives (TN)" in page
+    assert (
+        "true positives (TP)" in page
+        and "false negatives (FN)" in page
+        and "false positives (FP)" in page
+        and "true negatives (TN)" in page
+    )
     totals = {row[0][0]: [number(c[0]) for c in row[1:]] for row in rows}
     assert totals["total"] == [int(called.sum()), int((~called).sum()), len(y)]
     tp, fp = expected[("actual positive", "predicted positive")], expected[("actual negative", "predicted positive")]

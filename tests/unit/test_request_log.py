@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +18,21 @@ MODEL = "unit-model"
 
 
 def _window(root: Path) -> tuple[datetime, datetime]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now - timedelta(minutes=5), now + timedelta(minutes=5)
 
 
 def test_encode_writes_json_without_nan_and_accepts_numpy_scalars() -> None:
-    line = encode("2026-01-01T00:00:00+00:00", "r1", MODEL, "3", {"amount": float("nan"), "count": np.int64(4),
-                  "ratio": np.float32(0.5), "channel": None}, 0.25, 1, "e-1")
+    line = encode(
+        "2026-01-01T00:00:00+00:00",
+        "r1",
+        MODEL,
+        "3",
+        {"amount": float("nan"), "count": np.int64(4), "ratio": np.float32(0.5), "channel": None},
+        0.25,
+        1,
+        "e-1",
+    )
     record = json.loads(line)  # strict JSON: NaN would not parse in other readers
     assert b"NaN" not in line
     assert record["features"] == {"amount": None, "count": 4, "ratio": 0.5, "channel": None}
@@ -45,7 +53,7 @@ def test_writer_round_trips_through_read_window(tmp_path: Path) -> None:
 def test_lines_land_in_the_partition_of_their_own_time_not_the_flush_time(tmp_path: Path) -> None:
     """A backfill (or a flush just past midnight) must be found by a reader of the rows' own time window."""
     writer = RequestLogWriter(str(tmp_path), MODEL, flush_every=None)
-    yesterday = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0) - timedelta(days=1, hours=1)
+    yesterday = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(days=1, hours=1)
     writer.log([{"amount": 1.0}], [0.2], [0], version="1", request_id="old", now=yesterday)
     writer.log([{"amount": 2.0}], [0.8], [1], version="1", request_id="new")
     assert writer.pending == 2

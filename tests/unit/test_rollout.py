@@ -38,7 +38,7 @@ def test_steps_and_policy_are_validated():
 def test_the_split_sends_exactly_the_percent_evenly(percent):
     picks = [to_canary(i, percent) for i in range(1000)]
     assert sum(picks) == 10 * percent
-    assert all(sum(picks[k:k + 100]) == percent for k in range(0, 1000, 100))
+    assert all(sum(picks[k : k + 100]) == percent for k in range(0, 1000, 100))
     if percent <= 50:  # never two canary requests in a row below half: the share is spread, not bunched
         assert not any(a and b for a, b in zip(picks, picks[1:]))
 
@@ -127,7 +127,12 @@ def test_the_controller_promotes_after_every_step_passes():
     report = run_rollout(backend, POLICY, "canary v2")
     assert report.outcome == "promoted" and report.percents == [10, 25, 50, 100]
     assert [c for c in backend.calls if c[0] in ("traffic", "promote", "rollback")] == [
-        ("traffic", 10), ("traffic", 25), ("traffic", 50), ("traffic", 100), ("promote",)]
+        ("traffic", 10),
+        ("traffic", 25),
+        ("traffic", 50),
+        ("traffic", 100),
+        ("promote",),
+    ]
     # At 100% stable takes nothing: the canary is compared with stable's earlier windows together.
     assert report.analyses[-1].stable.requests == 2700 and report.analyses[-1].passed
 
@@ -137,8 +142,15 @@ def test_one_failed_analysis_repeats_the_step_and_the_limit_rolls_back():
     with pytest.raises(DeployError) as err:
         run_rollout(backend, POLICY, "canary v2")
     assert [c for c in backend.calls if c[0] != "checkpoint"] == [
-        ("traffic", 10), ("observe", 10), ("traffic", 25), ("observe", 25), ("observe", 25),
-        ("traffic", 50), ("observe", 50), ("rollback",)]
+        ("traffic", 10),
+        ("observe", 10),
+        ("traffic", 25),
+        ("observe", 25),
+        ("observe", 25),
+        ("traffic", 50),
+        ("observe", 50),
+        ("rollback",),
+    ]
     message = str(err.value)
     assert message.startswith("canary v2 rolled back: 2 failed analyses (limit 2): [25%] success_rate fail")
     assert "[50%] p99_latency fail" in message  # every failed check is named, from every failed analysis

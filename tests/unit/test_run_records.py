@@ -16,10 +16,23 @@ from pipelines.ops import STEP_IMAGE_ENV, stamp_image
 from pipelines.training import one_line_args
 
 UUID = "1a2b3c4d-5e6f-4a1b-8c9d-0e1f2a3b4c5d"
-POLICY = GatePolicy(min_roc_auc=0.8, max_p99_latency_ms=5.0, max_regression={"roc_auc": 0.01}, version=3,
-                    source="components/datasets/transactions.policy.yaml")
-METRICS = {"roc_auc": 0.7712, "pr_auc": 0.41, "f1": 0.5, "precision": 0.45, "recall": 0.56, "ece": 0.02,
-           "latency_p50_ms": 0.1, "latency_p99_ms": 0.3}
+POLICY = GatePolicy(
+    min_roc_auc=0.8,
+    max_p99_latency_ms=5.0,
+    max_regression={"roc_auc": 0.01},
+    version=3,
+    source="components/datasets/transactions.policy.yaml",
+)
+METRICS = {
+    "roc_auc": 0.7712,
+    "pr_auc": 0.41,
+    "f1": 0.5,
+    "precision": 0.45,
+    "recall": 0.56,
+    "ece": 0.02,
+    "latency_p50_ms": 0.1,
+    "latency_p99_ms": 0.3,
+}
 DATA = {"rows": 1200, "positives": 140, "from": "2024-03-01", "to": "2024-03-31"}
 
 
@@ -27,11 +40,20 @@ def evaluation(metrics: dict, champion: dict | None = None, policy: GatePolicy =
     """An Evaluation as evaluate() fills it, the verdict decided by the gate's own check code."""
     found = checks(metrics, policy, champion)
     reasons = [c.message for c in found if not c.passed]
-    return Evaluation(metrics=metrics, passed=not reasons, reasons=reasons, checks=found, champion=champion,
-                      policy=policy, data=DATA, notes=["no champion yet: judged on the absolute thresholds only"])
+    return Evaluation(
+        metrics=metrics,
+        passed=not reasons,
+        reasons=reasons,
+        checks=found,
+        champion=champion,
+        policy=policy,
+        data=DATA,
+        notes=["no champion yet: judged on the absolute thresholds only"],
+    )
 
 
 # --- run names and pipeline links ------------------------------------------------------------------------
+
 
 def test_run_names_say_dataset_version_and_pipeline_run():
     assert tracking.run_name("transactions", "3", UUID) == "transactions · candidate v3 · run 1a2b3c4d"
@@ -41,7 +63,9 @@ def test_run_names_say_dataset_version_and_pipeline_run():
 
 
 def test_pipeline_run_url_only_with_a_ui_and_a_run():
-    assert tracking.pipeline_run_url("https://kf.example.com/_/pipeline/", UUID) == f"https://kf.example.com/_/pipeline/#/runs/details/{UUID}"
+    assert (
+        tracking.pipeline_run_url("https://kf.example.com/_/pipeline/", UUID) == f"https://kf.example.com/_/pipeline/#/runs/details/{UUID}"
+    )
     assert tracking.pipeline_run_url("", UUID) == ""
     assert tracking.pipeline_run_url("https://kf.example.com", "") == ""
 
@@ -61,6 +85,7 @@ def test_pipeline_run_tags_link_on_a_cluster_only(state_dir, monkeypatch):
 
 
 # --- the registered version's description ------------------------------------------------------------------
+
 
 def test_description_keeps_the_training_line_and_the_latest_evaluation():
     registered = training_description("transactions", 0.91234, 7)
@@ -88,9 +113,19 @@ def test_description_fits_the_registry_column():
 
 # --- the verdict Markdown ------------------------------------------------------------------------------
 
+
 def test_failing_verdict_says_fail_first_with_each_reason():
-    champion = {"version": "2", "comparable": True, "roc_auc": 0.85, "pr_auc": 0.5, "f1": 0.6, "precision": 0.5,
-                "recall": 0.7, "ece": 0.01, "latency_p99_ms": 0.25}
+    champion = {
+        "version": "2",
+        "comparable": True,
+        "roc_auc": 0.85,
+        "pr_auc": 0.5,
+        "f1": 0.6,
+        "precision": 0.5,
+        "recall": 0.7,
+        "ece": 0.01,
+        "latency_p99_ms": 0.25,
+    }
     ev = evaluation(METRICS, champion)
     ev.baseline = {"kind": "logistic_regression", "roc_auc": 0.8, "latency_p99_ms": float("nan")}
     text = verdict_markdown(ev, "transactions_classifier", "3", UUID)
@@ -119,12 +154,15 @@ def test_passing_verdict_and_a_message_that_would_break_the_table():
 
 # --- the image a step records --------------------------------------------------------------------------
 
+
 def test_the_package_tells_each_step_its_own_image():
     container = {"image": "mlwf/components:placeholder", "env": [{"name": "OTHER", "value": "1"}]}
     stamp_image(container, "registry.example.com/mlwf/components@sha256:" + "a" * 64)
     stamp_image(container, "registry.example.com/mlwf/components@sha256:" + "b" * 64)  # a recompile replaces it
-    assert container["env"] == [{"name": "OTHER", "value": "1"},
-                                {"name": STEP_IMAGE_ENV, "value": "registry.example.com/mlwf/components@sha256:" + "b" * 64}]
+    assert container["env"] == [
+        {"name": "OTHER", "value": "1"},
+        {"name": STEP_IMAGE_ENV, "value": "registry.example.com/mlwf/components@sha256:" + "b" * 64},
+    ]
     assert container["image"] == container["env"][1]["value"]
 
 
@@ -137,6 +175,7 @@ def test_a_local_run_has_no_image(state_dir, monkeypatch):
 
 
 # --- pipeline parameter descriptions ---------------------------------------------------------------------
+
 
 def test_wrapped_args_become_one_line_each():
     def pipeline(a: int = 1, b: str = "") -> None:

@@ -52,8 +52,11 @@ def test_an_unknown_bundled_spec_lists_the_bundled_ones_and_suggests_the_close_o
     from components.core.spec import bundled_specs
 
     assert bundled_specs() == ["transactions"]  # the gate policy beside it is not a spec
-    with pytest.raises(SpecError, match=r"no bundled dataset spec named 'transaction' \(did you mean 'transactions'\?\); "
-                                        r"the bundled ones are transactions"):
+    with pytest.raises(
+        SpecError,
+        match=r"no bundled dataset spec named 'transaction' \(did you mean 'transactions'\?\); "
+        r"the bundled ones are transactions",
+    ):
         load_spec("transaction")
     with pytest.raises(SpecError, match="the bundled ones are transactions") as caught:
         load_spec("churn")

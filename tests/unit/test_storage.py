@@ -74,8 +74,12 @@ def test_write_once_returns_the_first_record_to_every_later_writer(tmp_path: Pat
 
 
 def test_create_once_on_s3_is_a_conditional_put(moto_endpoint: str, monkeypatch) -> None:
-    for var, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for var, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(var, value)
     client = storage.s3_client()
     client.create_bucket(Bucket="create-once")

@@ -48,7 +48,10 @@ def test_cpu_budget_is_the_smallest_limit(tmp_path):
     v2_unlimited = write(tmp_path, "cpu.max.unlimited", "max 100000")
     v1_three = write(tmp_path, "cfs_quota_us", "300000")
     v1_period = write(tmp_path, "cfs_period_us", "100000")
-    eight = lambda: 8
+
+    def eight() -> int:
+        return 8
+
     assert threads.cpu_budget(v2_two, missing, missing, affinity=eight) == 2
     assert threads.cpu_budget(v2_unlimited, v1_three, v1_period, affinity=eight) == 3
     assert threads.cpu_budget(v2_two, v1_three, v1_period, affinity=eight) == 2

@@ -129,9 +129,7 @@ def test_edge_rows_catch_thresholds_rounded_to_nearest(model, monkeypatch):
 def test_edge_rows_catch_ignored_default_left(model):
     booster, vn, vc = model
     forest = trees.parse_dump(booster.dump_model(), N_NUMERIC, N_CATEGORICAL)
-    forest.num_default_left = np.zeros_like(
-        forest.num_default_left
-    )  # NaN always right, as if default_left were ignored
+    forest.num_default_left = np.zeros_like(forest.num_default_left)  # NaN always right, as if default_left were ignored
     for broken in (tree_programs.TreeGemmProgram(forest).eval(), tree_programs.TreeTraverseProgram(forest).eval()):
         with pytest.raises(trees.ParityError, match="differs from booster.predict by"):
             tree_parity.parity_check(booster, broken, vn, vc)
@@ -157,9 +155,7 @@ def test_nan_versus_rest_split_keeps_its_infinite_threshold(monkeypatch):
         labels = (rng.random(n) < np.where(np.isnan(numeric[:, 0]), 0.8, 0.2)).astype(np.int64)
         return numeric, np.zeros((n, 0), dtype=np.int64), labels
 
-    result = trees.train_lightgbm(
-        *data(2000, 0), *data(500, 1), num_threads=1, num_boost_round=5, early_stopping_rounds=5
-    )
+    result = trees.train_lightgbm(*data(2000, 0), *data(500, 1), num_threads=1, num_boost_round=5, early_stopping_rounds=5)
     booster = result.booster
     forest = trees.parse_dump(booster.dump_model(), 2, 0)
     assert np.isinf(forest.num_threshold).any()

@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -10,7 +10,7 @@ from components.data.suite import canonical_label
 from components.data.validate import enforce_threshold, validate
 from tests.conftest import ingest_frame, make_csv
 
-NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def test_every_bad_record_is_quarantined_with_its_reason(tmp_path, state_dir, transactions_spec):
@@ -52,8 +52,13 @@ def test_too_many_bad_rows_fails_the_run(tmp_path, state_dir, transactions_spec)
 
 
 def test_text_labels_and_unknown_label_values(tmp_path, state_dir):
-    spec = parse_spec({"name": "churn", "label": {"column": "Churn", "positive": "Yes", "negative": "No"},
-                       "features": {"numeric": {"tenure": {"min": 0}}, "categorical": ["plan"]}})
+    spec = parse_spec(
+        {
+            "name": "churn",
+            "label": {"column": "Churn", "positive": "Yes", "negative": "No"},
+            "features": {"numeric": {"tenure": {"min": 0}}, "categorical": ["plan"]},
+        }
+    )
     src = tmp_path / "c.csv"
     src.write_text("tenure,plan,Churn\n3,basic,Yes\n4,pro,No\n5,pro,Maybe\nabc,pro,No\n-1,basic,No\n,basic,Yes\n")
     out = validate(spec, ingest_frame(spec, src, state_dir), run_id="r", source=str(src))  # stand-in time is now
@@ -163,18 +168,31 @@ def test_row_masks_that_disagree_with_gx_stop_the_run(tmp_path, state_dir, trans
 def test_future_bound_is_the_files_first_ingestion_not_the_clock(transactions_spec):
     import pandas as pd
 
-    base = {"transaction_id": ["a", "b", "c"], "amount": ["1", "2", "3"], "hour_of_day": ["1", "2", "3"],
-            "card_age_days": ["1", "1", "1"], "distance_km": ["1", "1", "1"], "txn_count_24h": ["1", "1", "1"],
-            "merchant_category": ["fuel"] * 3, "channel": ["pos"] * 3, "country": ["US"] * 3, "is_fraud": ["0", "1", "0"],
-            "source_line": [2, 3, 4], "source_file": ["f.csv"] * 3, "ingested_at": ["2026-03-01T00:00:00Z"] * 3,
-            # 1 minute after first ingestion passes (clock skew), 1 hour after is in the future
-            "event_timestamp": ["2026-02-01T00:00:00Z", "2026-03-01T00:01:00Z", "2026-03-01T01:00:00Z"]}
+    base = {
+        "transaction_id": ["a", "b", "c"],
+        "amount": ["1", "2", "3"],
+        "hour_of_day": ["1", "2", "3"],
+        "card_age_days": ["1", "1", "1"],
+        "distance_km": ["1", "1", "1"],
+        "txn_count_24h": ["1", "1", "1"],
+        "merchant_category": ["fuel"] * 3,
+        "channel": ["pos"] * 3,
+        "country": ["US"] * 3,
+        "is_fraud": ["0", "1", "0"],
+        "source_line": [2, 3, 4],
+        "source_file": ["f.csv"] * 3,
+        "ingested_at": ["2026-03-01T00:00:00Z"] * 3,
+        # 1 minute after first ingestion passes (clock skew), 1 hour after is in the future
+        "event_timestamp": ["2026-02-01T00:00:00Z", "2026-03-01T00:01:00Z", "2026-03-01T01:00:00Z"],
+    }
     raw = pd.DataFrame(base)
-    early = validate(transactions_spec, raw, run_id="r", source="x", now=datetime(2026, 3, 1, tzinfo=timezone.utc))
-    late = validate(transactions_spec, raw, run_id="r", source="x", now=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    early = validate(transactions_spec, raw, run_id="r", source="x", now=datetime(2026, 3, 1, tzinfo=UTC))
+    late = validate(transactions_spec, raw, run_id="r", source="x", now=datetime(2030, 1, 1, tzinfo=UTC))
     for out in (early, late):  # a rerun years later gives the same verdicts
         assert out.quarantined["source_line"].tolist() == [4]
-        assert out.quarantined["failed_expectations"].tolist() == ["expect_column_pair_values_a_to_be_greater_than_b(as_of+event_timestamp)"]
+        assert out.quarantined["failed_expectations"].tolist() == [
+            "expect_column_pair_values_a_to_be_greater_than_b(as_of+event_timestamp)"
+        ]
 
 
 def test_timestamps_with_offsets_or_other_formats_become_utc(transactions_spec):
@@ -183,15 +201,17 @@ def test_timestamps_with_offsets_or_other_formats_become_utc(transactions_spec):
     from components.data.checks import parse_times
 
     parsed = parse_times(pd.Series(["2026-01-01T02:00:00+02:00", "2026-01-01", "01/02/2026 10:00", "2026-13-45T00:00:00Z", None]))
-    assert [str(v) for v in parsed] == ["2026-01-01 00:00:00+00:00", "2026-01-01 00:00:00+00:00",
-                                        "2026-01-02 10:00:00+00:00", "NaT", "NaT"]
+    assert [str(v) for v in parsed] == ["2026-01-01 00:00:00+00:00", "2026-01-01 00:00:00+00:00", "2026-01-02 10:00:00+00:00", "NaT", "NaT"]
 
 
 def _tampered(out, valid_table=None, quarantined=None):
     import dataclasses
 
-    return dataclasses.replace(out, valid_table=out.valid_table if valid_table is None else valid_table,
-                               quarantined=out.quarantined if quarantined is None else quarantined)
+    return dataclasses.replace(
+        out,
+        valid_table=out.valid_table if valid_table is None else valid_table,
+        quarantined=out.quarantined if quarantined is None else quarantined,
+    )
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense lines", "sparse lines (sorting path)"])
