@@ -143,21 +143,22 @@ class BundleModel(kserve.Model):
         Scoring time is a fixed cost plus a cost per row: both come from the best of 5 timings at two sizes
         (other load only adds time), and `inline_rows` is the batch the scorer handles in INLINE_SCORING_S.
         """
-        assert self.scorer is not None
+        scorer = self.scorer
+        assert scorer is not None
         small, large = INLINE_ROWS, 4 * INLINE_ROWS
 
         def columns(rows: int) -> dict[str, Any]:
             return {k: np.zeros(rows) for k in self.schema.numeric} | {c: [None] * rows for c in self.schema.categorical}
 
         for rows in (1, 2, small + 1, small, large):
-            self.scorer.score(columns(rows), rows)
+            scorer.score(columns(rows), rows)
 
         def best(rows: int) -> float:
             batch = columns(rows)
             timings = []
             for _ in range(5):
                 started = time.perf_counter()
-                self.scorer.score(batch, rows)
+                scorer.score(batch, rows)
                 timings.append(time.perf_counter() - started)
             return min(timings)
 
