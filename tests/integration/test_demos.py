@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +41,16 @@ def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tm
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+    # The demo policy's baseline bar (not worse than logistic regression by 0.005 ROC-AUC) is for make demo's 20,000
+    # rows; at this test's 8,000 rows and 12 epochs the network trails the baseline by ~0.03 and is rightly refused.
+    # This test is about the flows (drift, retrain, canary, rollback), so it runs them under a looser baseline bar.
+    policy = tmp_path / "flows.policy.yaml"
+    bundled = yaml.safe_load((ROOT / "components" / "datasets" / "transactions.policy.yaml").read_text())
+    bundled["baseline"]["max_regression"] = {"roc_auc": 0.1, "brier": 0.01}
+    policy.write_text(yaml.safe_dump(bundled))
+    gate = [*GATE, "--gate-policy", str(policy)]
     try:
-        demo = mlwf(env, "demo", "--rows", "8000", "--epochs", "12", *GATE)
+        demo = mlwf(env, "demo", "--rows", "8000", "--epochs", "12", *gate)
         assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
         record = tmp_path / "state" / "serving" / "transactions-classifier" / "server.json"
         champion = json.loads(record.read_text())
@@ -56,7 +65,7 @@ def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tm
             "1500",
             "--epochs",
             "12",
-            *[f"--retrain-arg={a.lstrip('-').replace('-', '_')}={v}" for a, v in zip(GATE[::2], GATE[1::2])],
+            *[f"--retrain-arg={a.lstrip('-').replace('-', '_')}={v}" for a, v in zip(gate[::2], gate[1::2])],
         )
         out = drift.stdout + drift.stderr
         assert drift.returncode == 0, out[-5000:]
