@@ -41,7 +41,7 @@ def make_bundle(directory: Path, version: str, seed: int = 0, epochs: int = 3, l
     """A real, sealed bundle (x1, x2 numeric; colour categorical) trained here in about a second."""
     from components.training.train import TrainParams, build_bundle, train_model
 
-    frame = synthetic_frame(400, 0)
+    frame = synthetic_frame(1500, 0)  # enough of the latest rows to hold out a calibration tail with both classes
     program, vocab, result = train_model(frame, ["x1", "x2"], ["colour"], TrainParams(epochs=epochs, seed=seed, patience=3))
     build_bundle(
         directory,

@@ -58,7 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
             mp.delenv(var, raising=False)
         spec = load_spec("transactions")
         numeric, categorical = [f.name for f in spec.numeric], [c.name for c in spec.categorical]
-        raw = generate(GenConfig(rows=500, seed=8))
+        raw = generate(GenConfig(rows=3000, seed=8))
         valid = pd.DataFrame(
             {
                 "transaction_id": raw["transaction_id"].astype(str),

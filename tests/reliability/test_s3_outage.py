@@ -135,7 +135,7 @@ def test_mlflow_artifacts_on_s3_no_registered_version_points_at_a_missing_object
     spec = parse_spec(
         {"name": "outage", "label": {"column": "label", "positive": 1}, "features": {"numeric": ["x1", "x2"], "categorical": ["colour"]}}
     )
-    frame = synthetic_frame(300, 1).assign(row_id=lambda f: [f"r{i}" for i in range(len(f))])
+    frame = synthetic_frame(1500, 1).assign(row_id=lambda f: [f"r{i}" for i in range(len(f))])
     train_path = tmp_path / "train.parquet"
     frame.to_parquet(train_path)
 
