@@ -171,7 +171,7 @@ def cmd_rollout_demo(args: argparse.Namespace) -> int:
     home = Path(settings.state_dir) / "serving" / service_name(args.model)
     record_path = home / "server.json"
     stable = json.loads(record_path.read_text()) if record_path.exists() else None
-    if stable is None or not requests.get(f"{stable['url']}/v2/models/{service_name(args.model)}/ready", timeout=5).ok:
+    if stable is None or not _ready(stable["url"], service_name(args.model)):  # a record whose server is gone: not running
         return fail(f"no {args.model} model server is running locally: run `make demo` first")
     data = Path(args.data) if args.data else demo_data_path()
     if not data.exists():

@@ -51,7 +51,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("bundles")
     out = {}
-    frame = _frame(400, 0)
+    frame = _frame(1500, 0)  # enough of the latest rows to hold out a calibration tail with both classes
     for version, seed in (("1", 0), ("2", 1)):
         # Two seeds on the same data: a retrained model, close to the old one but not the same.
         program, vocab, result = train_model(frame, ["x1", "x2"], ["colour"], TrainParams(epochs=10, seed=seed, patience=3))
