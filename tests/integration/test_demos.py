@@ -34,8 +34,10 @@ def mlwf(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.Co
 
 
 def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tmp_path, free_port):
+    # Only this test's settings: an MLFLOW_* or MLWF_* variable left in this process by an earlier test (mlflow's
+    # set_tracking_uri exports MLFLOW_TRACKING_URI) would point the CLI at another test's registry and champion.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLWF_"))},
         "MLWF_STATE_DIR": str(tmp_path / "state"),
         "MLWF_SERVE_PORT": str(free_port),
         "GX_ANALYTICS_ENABLED": "false",
