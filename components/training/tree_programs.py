@@ -8,6 +8,7 @@ records the measurements behind the choice.
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 from collections.abc import Sequence
@@ -55,7 +56,7 @@ def _children(forest: Forest) -> np.ndarray:
     return children
 
 
-class _TreeProgramBase(nn.Module):
+class _TreeProgramBase(nn.Module, abc.ABC):
     """What both strategies share: the per-column handling of missing values and category codes, and the link."""
 
     # buffers (register_buffer), declared for type checkers
@@ -114,8 +115,9 @@ class _TreeProgramBase(nn.Module):
         off = self.cat_off_table
         return torch.where((codes < 0) | (codes > off), off, codes)
 
-    def raw_score(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def raw_score(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The ensemble's raw score (float64, before the sigmoid): how each strategy walks the trees."""
 
     def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         raw = self.raw_score(numeric, codes)  # float64: 300 leaf values add up without float32 rounding
