@@ -12,7 +12,7 @@ Serving flags whose default comes from the environment (so a ServingRuntime can 
 
 `--workers N` (KServe's flag) serves REST from N processes on one port (serving/workers.py); their metrics
 are summed through PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory unless set) and each writes its own
-request-log files.
+request-log files. One process keeps its metrics in memory and ignores an inherited PROMETHEUS_MULTIPROC_DIR.
 """
 
 from __future__ import annotations
@@ -72,12 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    created = None
-    if _workers(argv) > 1:
-        # Before anything imports prometheus_client: it picks its multiprocess mode when first imported.
-        from serving.observability import prepare_multiprocess_metrics
+    # Before anything imports prometheus_client: it picks its multiprocess mode when first imported.
+    from serving.observability import prepare_multiprocess_metrics
 
-        created = prepare_multiprocess_metrics()
+    created = prepare_multiprocess_metrics(_workers(argv))
     try:
         _serve(argv)
     finally:

@@ -84,29 +84,46 @@ class RequestMetrics:
 # ---------------------------------------------------------------- several processes
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Every name prometheus_client (and Feast, which exports both of the upper-case ones when it is imported) reads.
+_PROMETHEUS_DIR_NAMES = (MULTIPROC_ENV, "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
+# The directory this server chose at start-up, in an environment variable of our own so the worker processes
+# inherit it and no library can move it: `import feast` (the online store opens after start-up) sets
+# PROMETHEUS_MULTIPROC_DIR to a directory of its own, and reading that name at request time served an empty page.
+_CHOSEN_ENV = "MLWF_SERVING_METRICS_DIR"
 
 
-def prepare_multiprocess_metrics() -> str | None:
-    """Point prometheus_client at a multiprocess directory; call before it is imported (`python -m serving`).
+def prepare_multiprocess_metrics(workers: int) -> str | None:
+    """Choose where this server's samples live; call before prometheus_client is imported (`python -m serving`).
 
-    A directory given in PROMETHEUS_MULTIPROC_DIR is emptied of old samples (prometheus_client's rule: a
-    restarted server must not add the last run's counts); otherwise a fresh temporary one is made and
+    One process keeps them in memory: a PROMETHEUS_MULTIPROC_DIR it inherited (a parent that imported Feast
+    exports one to every child) is dropped, or two local servers started by one process would read each
+    other's counters and a canary would be judged on its stable's answers. Several processes share files:
+    a directory given in PROMETHEUS_MULTIPROC_DIR (KServe's way) is emptied of old samples (prometheus_client's
+    rule: a restarted server must not add the last run's counts); otherwise a fresh temporary one is made and
     returned, for the caller to remove at exit.
     """
     given = os.environ.get(MULTIPROC_ENV, "").strip()
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for name in os.listdir(given):
-            if name.endswith(".db"):
-                os.unlink(os.path.join(given, name))
-        return None
-    created = tempfile.mkdtemp(prefix="mlwf-metrics-")
-    os.environ[MULTIPROC_ENV] = created
+    for name in _PROMETHEUS_DIR_NAMES:
+        os.environ.pop(name, None)
+    os.environ.pop(_CHOSEN_ENV, None)
+    created = None
+    if workers > 1:
+        if given:
+            os.makedirs(given, exist_ok=True)
+            for name in os.listdir(given):
+                if name.endswith(".db"):
+                    os.unlink(os.path.join(given, name))
+        else:
+            given = created = tempfile.mkdtemp(prefix="mlwf-metrics-")
+        os.environ[MULTIPROC_ENV] = os.environ[_CHOSEN_ENV] = given
+    import prometheus_client.values  # noqa: F401  # its value class (memory or files) is fixed now, not by a later import
+
     return created
 
 
 def multiprocess_dir() -> str | None:
-    return os.environ.get(MULTIPROC_ENV) or None
+    """The directory whose files `/metrics` sums, or None when this server is one process."""
+    return os.environ.get(_CHOSEN_ENV) or None
 
 
 def multiprocess_exposition(accept: str | None) -> tuple[bytes, str]:

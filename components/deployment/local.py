@@ -82,8 +82,17 @@ def _start_server(name: str, model_dir: Path, host: str, port: int, log_path: Pa
     project_root = str(Path(__file__).resolve().parents[2])  # the repository: components/deployment/local.py
     with open(log_path, "ab") as log_file:
         # A session of its own: the server outlives this step (the demo prints its URL) and stops as a group.
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, cwd=project_root)
+        process = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, cwd=project_root, env=_server_environment()
+        )
     return process, cmd
+
+
+def _server_environment() -> dict[str, str]:
+    """This process's environment without a Prometheus multiprocess directory: `import feast` exports one, and two
+    servers that inherit it would sum each other's counters (a broken canary read the stable's 2xx as its own)."""
+    drop = {"PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir", "MLWF_SERVING_METRICS_DIR"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

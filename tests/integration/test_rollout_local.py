@@ -85,6 +85,12 @@ def local(state_dir: Path, free_port: int, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MLWF_CANARY_STEPS", "10,50,100")
     monkeypatch.setenv("MLWF_CANARY_STEP_SECONDS", "0.5")
     monkeypatch.setenv("MLWF_CANARY_MIN_REQUESTS", "40")
+    # As in a deploy step that imported Feast (which exports a multiprocess directory of its own): the servers
+    # this process starts must still count only their own requests, or the canary is judged on stable's answers.
+    inherited = state_dir / "inherited-metrics"
+    inherited.mkdir(parents=True)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(inherited))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROCESS_DIR", str(inherited))
     home = state_dir / "serving" / NAME
     yield home
     stop_local(home / "server.json")

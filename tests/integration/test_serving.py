@@ -57,7 +57,9 @@ class Served:
         return requests.post(self.url + path, data=data, headers=hdrs, timeout=30)
 
 
-def _start(bundle_dir: Path, state: Path, log_root: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str, int]:
+def _start(
+    bundle_dir: Path, state: Path, log_root: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, int]:
     port, grpc_port = _free_port(), _free_port()
     cmd = [
         sys.executable,
@@ -79,9 +81,9 @@ def _start(bundle_dir: Path, state: Path, log_root: Path, log_path: Path, *extra
         str(log_root),
         *extra,
     ]
-    env = {**os.environ, "MLWF_STATE_DIR": str(state), "MLWF_PROFILE": "local"}
+    environment = {**os.environ, "MLWF_STATE_DIR": str(state), "MLWF_PROFILE": "local", **(env or {})}
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
     return process, f"http://127.0.0.1:{port}", grpc_port
 
 
@@ -138,7 +140,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
         lineage = {"dataset": spec.name, "feature_service": outcome.service, "model_name": MODEL, "inputs_fingerprint": "itest0123456789"}
         build_bundle(bundle_dir, program, vocab, result, outcome.train, numeric, categorical, lineage, "test bundle\n")
     log_root, log_path = tmp / "request_logs", tmp / "server.log"
-    process, url, grpc_port = _start(bundle_dir, state, log_root, log_path, "--request_log_flush_s", "0.3", "--entity_lookup", "eager")
+    # A Prometheus multiprocess directory inherited from the parent (a process that imported Feast exports one):
+    # one server process must keep its counters to itself, in memory (test_metrics_count_requests_errors_and_latency).
+    inherited = tmp / "inherited-metrics"
+    inherited.mkdir()
+    process, url, grpc_port = _start(
+        bundle_dir,
+        state,
+        log_root,
+        log_path,
+        "--request_log_flush_s",
+        "0.3",
+        "--entity_lookup",
+        "eager",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(inherited), "PROMETHEUS_MULTIPROCESS_DIR": str(inherited)},
+    )
     try:
         _wait_ready(process, url, log_path)
         offline = pd.concat([outcome.train, outcome.test]).set_index("transaction_id")
@@ -509,6 +525,9 @@ def test_metrics_count_requests_errors_and_latency(served: Served) -> None:
     assert _value(after, "request_predict_seconds_count", model_name=MODEL) > _value(
         before, "request_predict_seconds_count", model_name=MODEL
     )
+    # One process counts in memory, even with an inherited multiprocess directory and Feast imported (eager lookup):
+    # nothing of it in the directory, where a second server started by the same parent would sum it as its own.
+    assert not list((served.state.parent / "inherited-metrics").glob("*.db"))
 
 
 def _logged(root: Path, since: datetime) -> pd.DataFrame:
