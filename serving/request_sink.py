@@ -15,6 +15,9 @@ release the GIL) so a monitor reading the files sees recent traffic; `close()` e
 wherever it was queued, and flushes (shutdown).
 More than `max_pending` unflushed rows drop new rows and count them (mlwf_request_log_dropped_rows):
 logging never holds scoring up.
+Personal data (`privacy`, components/core/privacy.py `rule_for(spec, key)`): a personal column is never
+logged, and a personal entity key is logged as its keyed hash (the value the feature store and delayed labels
+join on), never in clear.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from components.core.privacy import PrivacyRule, hash_values
 from components.core.request_log import RequestLogWriter, encode
 from serving.observability import metrics
 from serving.requests import Batch, rows_for_log
@@ -65,6 +69,7 @@ class RequestLogSink:
         flush_interval_s: float = 2.0,
         max_pending: int = 100_000,
         inline_rows: int = 16,
+        privacy: PrivacyRule | None = None,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"request log sample rate must be within [0, 1], got {sample_rate}")
@@ -72,8 +77,13 @@ class RequestLogSink:
             raise ValueError(f"request log flush interval must be positive, got {flush_interval_s}")
         self.root = root
         self.model = model
-        self.features = list(features)
-        self.numeric = list(numeric)
+        drop = privacy.drop if privacy is not None else frozenset()
+        self.features = [f for f in features if f not in drop]  # a personal column is never logged
+        self.numeric = [f for f in numeric if f not in drop]
+        # The entity key is personal: log its keyed hash (the sink only sees entity keys, so that is the one to hash).
+        self.entity_key: bytes | None = privacy.key if privacy is not None and privacy.hashed else None
+        if privacy is not None and privacy.hashed and privacy.key is None:
+            raise ValueError("request log: the entity key is personal and the privacy rule has no hash key")
         self.sample_rate = sample_rate
         self.flush_interval_s = flush_interval_s
         self.inline_rows = inline_rows
@@ -179,7 +189,7 @@ class RequestLogSink:
         if not rows:
             return
         head = (item.at.isoformat(), item.request_id, self.model, item.version)
-        block = encode_columns(item.batch, item.probabilities, item.labels, self.features, self.numeric, head, rows)
+        block = encode_columns(item.batch, item.probabilities, item.labels, self.features, self.numeric, head, rows, self.entity_key)
         self.writer.append([block], item.at)  # one block of lines: the writer ends it with a newline
         with self._count_lock:
             self._blob_rows += len(rows)
@@ -204,6 +214,8 @@ class RequestLogSink:
             return []
         rows = rows if rows is not None else rows_for_log(batch, self.features, self.numeric)
         entities = batch.entities
+        if entities is not None and self.entity_key is not None:
+            entities = hash_values(self.entity_key, entities)
         probs, labs = probabilities.tolist(), labels.tolist()
         return [encode(ts, request_id, self.model, version, rows[i], probs[i], labs[i], entities[i] if entities else None) for i in keep]
 
@@ -253,12 +265,14 @@ def encode_columns(
     numeric: Sequence[str],
     head: tuple[str, str, str, str],
     rows: list[int],
+    entity_key: bytes | None = None,
 ) -> bytes:
     """The request-log lines of `rows`, joined by newlines: byte for byte what `encode` writes for each row.
 
     Every row's line is the same JSON object with other values, so each column is serialised once (orjson
     writes a float64 array's NaN as null, like `encode`) and split into tokens, and the lines are joined from
-    the tokens. `head` is (ts, request_id, model, version), the same for the whole batch.
+    the tokens. `head` is (ts, request_id, model, version), the same for the whole batch. With `entity_key`
+    the entity keys are written as their keyed hash (components/core/privacy.py), as `encode`'s callers do.
     """
     ts, request_id, model, version = head
     if not rows:
@@ -295,7 +309,10 @@ def encode_columns(
     if batch.entities is None:
         parts.append(repeat(b"null}"))
     else:
-        parts.append([token + b"}" for token in _value_tokens(take(batch.entities))])
+        keys = take(batch.entities)
+        if entity_key is not None:
+            keys = hash_values(entity_key, keys)
+        parts.append([token + b"}" for token in _value_tokens(keys)])
     return b"\n".join(map(b"".join, zip(*parts)))
 
 

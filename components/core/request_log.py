@@ -6,7 +6,8 @@ with fields
   ts (ISO-8601 UTC), request_id, model, version, features {name: value}, probability, label (predicted),
   entity (the entity key when the request gave one, else null)
 `root` is a local directory (`<state>/request_logs`) or an s3:// prefix on a cluster. Writers buffer and
-append; readers take a time window. Both live here so that the server and the monitor cannot disagree on
+append; readers take a time window. Personal data (a `PrivacyRule`, components/core/privacy.py): personal
+columns are never written, and a personal entity key is written as its keyed hash. Both live here so that the server and the monitor cannot disagree on
 the format.
 """
 
@@ -27,6 +28,7 @@ import orjson
 import pandas as pd
 
 from components.core import storage
+from components.core.privacy import PrivacyRule, hash_values, redact_row
 
 FIELDS = ("ts", "request_id", "model", "version", "features", "probability", "label", "entity")
 
@@ -69,6 +71,7 @@ class RequestLogWriter:
     model: str
     sample_rate: float = 1.0
     flush_every: int | None = 256
+    privacy: PrivacyRule | None = None  # what `log` keeps out of the files (callers of `append` encode it themselves)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -93,6 +96,13 @@ class RequestLogWriter:
         at = now or datetime.now(UTC)
         ts = at.isoformat()
         entity_list = list(entities) if entities is not None else None
+        rule = self.privacy
+        if rule is not None and not rule.empty:
+            rows = (redact_row(rule, r) for r in rows)
+            if entity_list is not None and rule.hashed:
+                if rule.key is None:
+                    raise ValueError("request log: the entity key is personal and the privacy rule has no hash key")
+                entity_list = hash_values(rule.key, entity_list)
         lines = []
         for i, (row, p, lab) in enumerate(zip(rows, probabilities, labels)):
             if self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:

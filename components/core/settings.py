@@ -56,6 +56,9 @@ class Settings:
     # env), so it is the pod's image exactly; empty outside a compiled package (kfp.local, a direct call).
     step_image: str = ""  # MLWF_STEP_IMAGE: set by the package, not by hand
     kfp_ui_url: str = ""  # MLWF_KFP_UI_URL: the KFP UI, e.g. https://kubeflow.example.com/pipeline; links MLflow runs to pipeline runs
+    # MLWF_PII_HASH_KEY (from a Secret on a cluster): the HMAC-SHA256 key of personal join keys (components/core/privacy.py).
+    # Never in repr: a Settings object printed or logged must not carry the secret.
+    pii_hash_key: str = field(default="", repr=False)
 
     @property
     def is_local(self) -> bool:
@@ -108,6 +111,16 @@ def canary_steps(text: str) -> tuple[int, ...]:
     return steps
 
 
+PII_HASH_KEY_MIN_CHARS = 16
+
+
+def pii_hash_key(text: str) -> str:
+    """MLWF_PII_HASH_KEY: empty (no key) or a secret of at least 16 characters; a short key makes a keyed hash guessable."""
+    if text and len(text) < PII_HASH_KEY_MIN_CHARS:
+        raise ValueError(f"MLWF_PII_HASH_KEY must be at least {PII_HASH_KEY_MIN_CHARS} characters (a random secret), got {len(text)}")
+    return text
+
+
 def default_state_dir() -> str:
     return str(Path.cwd() / ".state")
 
@@ -156,4 +169,5 @@ def get_settings() -> Settings:
         prometheus_url=_env("MLWF_PROMETHEUS_URL", ""),
         step_image=_env("MLWF_STEP_IMAGE", ""),
         kfp_ui_url=_env("MLWF_KFP_UI_URL", ""),
+        pii_hash_key=pii_hash_key(_env("MLWF_PII_HASH_KEY", "")),
     )

@@ -3,6 +3,11 @@
 A spec names the label (and its positive class), the numeric and categorical features with optional
 ranges and allowed values, and optionally an entity key and an event timestamp. It is plain YAML so
 that it can be reviewed in a diff; see README.md ("Bring your own data") for a complete example.
+
+Governance: `sensitive` names the attributes the bias audit groups by (a feature, or a column of the data
+used for the audit only, never given to the model); `privacy.pii` names personal columns, which are never
+features, are dropped at ingest, and, when one is the entity key, kept only as a keyed hash
+(components/core/privacy.py).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class DatasetSpec:
     description: str = ""
     max_bad_fraction: float = 0.2
     ttl_days: int = 3650
+    sensitive: tuple[str, ...] = ()  # attributes the bias audit groups by (components/evaluation/fairness.py)
+    pii: tuple[str, ...] = ()  # personal columns (privacy.pii): never written in clear by the pipeline
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,8 +88,25 @@ class DatasetSpec:
             cols.append(self.timestamp)
         return cols
 
+    @property
+    def audit_only(self) -> list[str]:
+        """Sensitive attributes that are not features: read for the bias audit only, never given to the model."""
+        return [c for c in self.sensitive if c not in self.feature_names]
 
-_TOP_KEYS = {"name", "description", "label", "features", "entity", "timestamp", "validation", "feature_store"}
+    @property
+    def hashed_entity(self) -> bool:
+        """The entity key is personal: it is kept only as a keyed hash (it must stay a join key)."""
+        return self.entity is not None and self.entity in self.pii
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Columns the input data must have: the source columns, the audit-only attributes and every personal
+        column (a personal column the data lacks is a mistyped mark, which would leave the real one unmarked)."""
+        cols = self.source_columns
+        return cols + [c for c in (*self.audit_only, *self.pii) if c not in cols]
+
+
+_TOP_KEYS = {"name", "description", "label", "features", "entity", "timestamp", "validation", "feature_store", "sensitive", "privacy"}
 
 
 def did_you_mean(names: list[str], choices: Any) -> str:
@@ -140,6 +164,10 @@ def parse_spec(data: Any) -> DatasetSpec:
     _check_keys("validation", validation, {"max_bad_fraction"})
     store = data.get("feature_store") or {}
     _check_keys("feature_store", store, {"ttl_days"})
+    privacy = data.get("privacy") or {}
+    if not isinstance(privacy, dict):
+        raise SpecError("privacy: expected a mapping, e.g. {pii: [customer_email]}")
+    _check_keys("privacy", privacy, {"pii"})
     spec = DatasetSpec(
         name=name,
         description=str(data.get("description", "")),
@@ -152,9 +180,66 @@ def parse_spec(data: Any) -> DatasetSpec:
         timestamp=None if data.get("timestamp") is None else _name("timestamp", data["timestamp"]),
         max_bad_fraction=float(validation.get("max_bad_fraction", 0.2)),
         ttl_days=int(store.get("ttl_days", 3650)),
+        sensitive=_columns("sensitive", data.get("sensitive")),
+        pii=_columns("privacy.pii", privacy.get("pii")),
     )
     _check_names(spec)
+    _check_governance(spec)
     return spec
+
+
+def _columns(where: str, value: Any) -> tuple[str, ...]:
+    """A list of column names (a single name is a list of one), each once."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise SpecError(f"{where}: expected a list of column names, got {value!r}")
+    names = [_name(where, v) for v in items]
+    for n in names:
+        if not _NAME.match(n):
+            raise SpecError(f"{where}: {n!r} is not a valid column name (letters, digits, underscores)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"{where}: listed more than once: {dupes}")
+    return tuple(names)
+
+
+def _check_governance(spec: DatasetSpec) -> None:
+    """Sensitive and personal columns: what each may be. Whether the data has them is checked with the data."""
+    for where, names in (("sensitive", spec.sensitive), ("privacy.pii", spec.pii)):
+        for n in names:
+            if n in RESERVED or n == GENERATED_ENTITY:
+                raise SpecError(f"{where}: {n!r} is a column the pipeline makes itself, not one of the data")
+            if n == spec.label:
+                raise SpecError(f"{where}: {n!r} is the label column")
+            if n == spec.timestamp:
+                raise SpecError(f"{where}: {n!r} is the timestamp column")
+    for n in spec.sensitive:
+        if n == spec.entity:
+            raise SpecError(f"sensitive: {n!r} is the entity key (one group per row): name a group attribute such as country")
+        if n in spec.pii:
+            raise SpecError(f"sensitive: {n!r} is also personal (privacy.pii), which is dropped at ingest, so it cannot be audited")
+    features = spec.feature_names
+    for n in spec.pii:
+        if n in features:
+            raise SpecError(
+                f"privacy.pii: {n!r} is a feature; personal data is not a model input (the feature store, the bundle's "
+                "vocabularies and the request logs would hold it): remove it from features or from privacy.pii"
+            )
+
+
+def check_pii_key(spec: DatasetSpec) -> None:
+    """A personal entity key is stored only as HMAC-SHA256 with MLWF_PII_HASH_KEY: without the key, stop now."""
+    if not spec.hashed_entity:
+        return
+    from components.core.settings import get_settings  # read when a spec is loaded, never at import
+
+    if not get_settings().pii_hash_key:
+        raise SpecError(
+            f"privacy.pii: the entity key {spec.entity!r} is personal and no hash key is configured: set MLWF_PII_HASH_KEY "
+            "(a random secret of at least 16 characters; on a cluster from a Secret) so it is kept only as a keyed hash"
+        )
 
 
 def _feature_items(where: str, value: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -239,4 +324,6 @@ def load_spec(ref: str) -> DatasetSpec:
         data = yaml.safe_load(storage.read_bytes(ref))
     except yaml.YAMLError as err:
         raise SpecError(f"dataset spec {ref} is not valid YAML: {err}") from err
-    return parse_spec(data)
+    spec = parse_spec(data)
+    check_pii_key(spec)
+    return spec

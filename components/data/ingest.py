@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from components.core import lineage, paths, storage
+from components.core import lineage, paths, privacy, storage
 from components.core.spec import EVENT_TIMESTAMP, GENERATED_ENTITY, SOURCE_LINE, DatasetSpec, did_you_mean
 from components.data.suite import INGESTED_AT, SOURCE_FILE
 
@@ -182,7 +182,7 @@ def _check_field_counts(text: str, source: str) -> None:
 
 def _check_columns(spec: DatasetSpec, df: pd.DataFrame, source: str) -> pd.DataFrame:
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in spec.source_columns if c not in df.columns]
+    missing = [c for c in spec.required_columns if c not in df.columns]  # sensitive and personal columns too
     if missing:
         raise IngestError(
             f"the spec names column(s) the data lacks: {missing}{did_you_mean(missing, df.columns)}; {source} has {list(df.columns)[:20]}"
@@ -235,8 +235,19 @@ def _stable_row_ids(df: pd.DataFrame) -> pd.Series:
     return pd.Series([f"r{h:016x}-{k}" for h, k in zip(hashes.to_numpy(), occurrence.to_numpy())], index=df.index)
 
 
-def normalise(spec: DatasetSpec, df: pd.DataFrame, is_parquet: bool) -> pd.DataFrame:
-    """The spec's columns as text, the source line, and a generated entity id when the spec has none."""
+def _privacy_rule(spec: DatasetSpec) -> privacy.PrivacyRule:
+    """The spec's personal-data rule, with the hash key read from the settings only when a column needs it."""
+    if not spec.hashed_entity:
+        return privacy.rule_for(spec, None)
+    from components.core.settings import get_settings
+
+    return privacy.rule_for(spec, get_settings().pii_hash_key)
+
+
+def normalise(spec: DatasetSpec, df: pd.DataFrame, is_parquet: bool, rule: privacy.PrivacyRule | None = None) -> pd.DataFrame:
+    """The spec's columns as text, the source line, and a generated entity id when the spec has none.
+    Personal data is kept out here, where it enters (`rule`, components/core/privacy.py): only the spec's
+    columns are kept (other personal columns are dropped) and a personal entity key becomes its keyed hash."""
     out = df[spec.source_columns].copy()
     for col in out.columns:  # Parquet input keeps its types; text is what validation expects to parse
         if out[col].dtype != object:
@@ -247,6 +258,8 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, is_parquet: bool) -> pd.DataF
         out.insert(0, GENERATED_ENTITY, _stable_row_ids(df[spec.source_columns]))
     if spec.timestamp is not None:
         out = out.rename(columns={spec.timestamp: EVENT_TIMESTAMP})
+    if rule is not None:
+        out = privacy.redact_frame(rule, out)
     return out.reset_index(drop=True)
 
 
@@ -256,7 +269,9 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, is_parquet: bool) -> pd.DataF
 def _snapshot_path(state_dir: str, spec: DatasetSpec, sha: str) -> str:
     from components.data.suite import spec_fingerprint
 
-    return storage.join(paths.ingest_dir(state_dir, spec.name), "snapshots", f"{sha}-{spec_fingerprint(spec)[:16]}.parquet")
+    # Hashed with another key, the same file is another snapshot (the key's id, never the key, names it).
+    keyed = f"-k{privacy.key_id(_privacy_rule(spec).key)}" if spec.hashed_entity else ""
+    return storage.join(paths.ingest_dir(state_dir, spec.name), "snapshots", f"{sha}-{spec_fingerprint(spec)[:16]}{keyed}.parquet")
 
 
 def _first_seen(state_dir: str, fingerprint: str, run_id: str) -> tuple[str, str]:
@@ -310,7 +325,7 @@ def ingest(
                     if df.empty and len(files) == 1:
                         raise IngestError(f"dataset has no rows (a header only?): {source}")
                     is_parquet = Path(local).suffix.lower() in (".parquet", ".pq")
-                    storage.write_bytes(snapshot, _to_parquet(normalise(spec, df, is_parquet)))
+                    storage.write_bytes(snapshot, _to_parquet(normalise(spec, df, is_parquet, _privacy_rule(spec))))
                     new_files.append(f.uri)
                 else:
                     skipped.append(f.uri)

@@ -123,6 +123,15 @@ def _example_table(spec: DatasetSpec, exp: dict[str, Any], rows: list[dict[str, 
     return table(header, body)
 
 
+def _privacy_note(spec: DatasetSpec) -> str:
+    """Personal columns (privacy.pii) never reach the examples: ingest dropped them or replaced the entity key
+    by its keyed hash (components/core/privacy.py); the file and line lead a data steward to the clear row."""
+    if not spec.pii:
+        return ""
+    hashed = f" {spec.entity} is shown as its keyed hash (HMAC-SHA256)." if spec.hashed_entity else ""
+    return f" Personal columns ({', '.join(spec.pii)}) are never shown:{hashed or ' they were dropped at ingest.'}"
+
+
 def report_html(spec: DatasetSpec, outcome: ValidationOutcome, source: str, lineage: dict[str, Any] | None = None) -> str:
     status = _status(spec, outcome)
     rows, quarantined = outcome.rows, len(outcome.quarantined)
@@ -202,7 +211,7 @@ def report_html(spec: DatasetSpec, outcome: ValidationOutcome, source: str, line
     line_note = tag(
         "p",
         "line: the line in the CSV file (the header is line 1); for a Parquet file, the row's position "
-        "counted from 0. The highlighted cell is the value the check is about.",
+        "counted from 0. The highlighted cell is the value the check is about." + _privacy_note(spec),
         "note",
     )
 

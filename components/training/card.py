@@ -26,6 +26,22 @@ def _objective(result: Any) -> str:
     return "lowest expected cost per row, costs " + ", ".join(f"{k} {v:g}" for k, v in objective.items())
 
 
+def _governance(spec: DatasetSpec) -> str:
+    """Sensitive attributes and personal columns, by name only: a card never holds a personal value."""
+    from components.core.privacy import describe
+
+    audited = (
+        f"- Audited for bias by: {', '.join(spec.sensitive)}"
+        + (f" ({', '.join(spec.audit_only)} for the audit only, not model inputs)" if spec.audit_only else "")
+        + "; per-group rates and the gate's bounds are in the evaluation report."
+        if spec.sensitive
+        else "- No sensitive attribute declared: no bias audit."
+    )
+    personal = describe(spec)
+    lines = [audited, *(f"- Personal data: {p}." for p in personal)] if personal else [audited, "- No column marked personal."]
+    return "\n".join(lines)
+
+
 def model_card(spec: DatasetSpec, name: str, lineage: dict[str, Any], result: Any, train: pd.DataFrame) -> str:
     positives = int(train["label"].sum())
     return f"""# Model card: {name}
@@ -41,6 +57,9 @@ Not for use on populations or time periods unlike the training data without re-e
   from {train["event_timestamp"].min()} to {train["event_timestamp"].max()}.
 - Features ({len(spec.feature_names)}): {", ".join(spec.feature_names)}; FeatureService `{lineage["feature_service"]}`.
 - Dataset fingerprint: `{lineage["dataset_fingerprint"] or "n/a"}`.
+
+## Fairness and personal data
+{_governance(spec)}
 
 ## Training
 - Tabular network (signed-log + standardised numerics, embeddings for categoricals, MLP), on {result.device}.
