@@ -375,6 +375,10 @@ def build_bundle(
     profile = reference_profile(train, numeric, categorical, scores)
     (root / bundle_lib.PROFILE).write_text(json.dumps(profile, indent=2, sort_keys=True))
     (root / bundle_lib.CARD).write_text(model_card)
+    # The rows explanations are measured against (components/core/explain.py), sealed with the rest: a fixed seed
+    # over the training frame, so the same training set gives the same background and the same bundle bytes.
+    background = bundle_lib.background_document(train, numeric + categorical, rows=100, seed=0)
+    (root / bundle_lib.BACKGROUND).write_text(json.dumps(background, sort_keys=True))
     bundle_lib.write_manifest(root)
     return bundle_lib.bundle_digest(root)
 
