@@ -5,6 +5,8 @@ A directory with
   signature.json          features (names, types, order, vocabularies), output, decision threshold, lineage
   reference_profile.json  training-time bins and frequencies per feature and of the predictions (for drift)
   model_card.md           what the model is for, its data, metrics and limits
+  background.json         optional: ~100 training rows (feature columns only) that explanations are measured
+                          against (components/core/explain.py); bundles written before it was added lack it
   manifest.json           sha256 of every file above
 
 Loading needs only this module, numpy and torch: no training code, and nothing is unpickled beyond
@@ -22,6 +24,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +36,35 @@ PROGRAM = "model.pt2"
 SIGNATURE = "signature.json"
 PROFILE = "reference_profile.json"
 CARD = "model_card.md"
+BACKGROUND = "background.json"
 MANIFEST = "manifest.json"
-BUNDLE_FILES = (PROGRAM, SIGNATURE, PROFILE, CARD)
+REQUIRED_FILES = (PROGRAM, SIGNATURE, PROFILE, CARD)
+# Every file a bundle may hold. Optional ones are sealed when present (a digest in the manifest, checked on load
+# like the others) and may be absent: older bundles have no background sample and still load and serve.
+OPTIONAL_FILES = (BACKGROUND,)
+BUNDLE_FILES = REQUIRED_FILES + OPTIONAL_FILES
+BACKGROUND_FORMAT = "mlwf-background/1"
 
 
 class BundleError(ValueError):
     """The bundle is incomplete, tampered with, or does not fit the request."""
 
 
+class NoBackground(BundleError):
+    """The bundle was written before training recorded a background sample: it cannot be explained."""
+
+    def __init__(self, directory: str | Path) -> None:
+        super().__init__(
+            f"this model's bundle ({Path(directory).name}) has no background sample ({BACKGROUND}), which explanations are "
+            "measured against: it was trained before the train step recorded one. Retrain the model (a training "
+            "pipeline run, e.g. `mlwf run`) to get a bundle that can be explained"
+        )
+
+
 def write_manifest(directory: str | Path) -> dict[str, str]:
     root = Path(directory)
     digests = {name: sha256_file(root / name) for name in BUNDLE_FILES if (root / name).exists()}
-    missing = [n for n in BUNDLE_FILES if n not in digests]
+    missing = [n for n in REQUIRED_FILES if n not in digests]
     if missing:
         raise BundleError(f"cannot seal bundle {root}: missing {missing}")
     (root / MANIFEST).write_text(json.dumps({"sha256": digests}, indent=2, sort_keys=True))
@@ -67,6 +87,8 @@ def verify(directory: str | Path) -> dict[str, str]:
         raise BundleError(f"unreadable {MANIFEST} in {root}: {err}") from err
     for name in BUNDLE_FILES:
         if name not in digests:
+            if name in OPTIONAL_FILES:
+                continue  # absent from an older bundle; a file the manifest does not list is never read
             raise BundleError(f"bundle manifest does not list {name}: {root}")
         path = root / name
         if not path.exists():
@@ -98,6 +120,37 @@ class Bundle:
     @property
     def threshold(self) -> float:
         return float(self.signature["threshold"])
+
+    @cached_property
+    def background(self) -> dict[str, list[Any]] | None:
+        """The sealed background sample as {feature: values} (None = missing), or None for a bundle without one.
+
+        Read on first use (serving loads it at start-up; evaluation only when it explains). Only a file the
+        manifest lists is read, and its digest is checked again here, not only at load.
+        """
+        try:
+            digests = json.loads((self.directory / MANIFEST).read_text())["sha256"]
+        except (OSError, ValueError, KeyError) as err:
+            raise BundleError(f"unreadable {MANIFEST} in {self.directory}: {err}") from err
+        if BACKGROUND not in digests:
+            return None
+        path = self.directory / BACKGROUND
+        if not path.exists() or sha256_file(path) != digests[BACKGROUND]:
+            raise BundleError(f"bundle file {BACKGROUND} is missing or does not match its sha256 in {MANIFEST}: {self.directory}")
+        try:
+            document = json.loads(path.read_text())
+            columns = document["columns"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise BundleError(f"unreadable {BACKGROUND} in {self.directory}: {err}") from err
+        if not isinstance(columns, dict) or not all(isinstance(v, list) for v in columns.values()):
+            raise BundleError(f"{BACKGROUND} in {self.directory}: 'columns' must map each feature to a list of values")
+        missing = [f for f in self.feature_names if f not in columns]
+        lengths = {len(columns[f]) for f in self.feature_names if f in columns}
+        if missing or len(lengths) != 1 or 0 in lengths:
+            raise BundleError(
+                f"{BACKGROUND} in {self.directory} does not fit the signature: missing {missing}, column lengths {sorted(lengths)}"
+            )
+        return {f: list(columns[f]) for f in self.feature_names}
 
     def encode(self, columns: Mapping[str, Sequence[Any]]) -> tuple[Any, Any]:
         """Raw column values -> (numeric float32 [n, F], codes int64 [n, C]); unseen categories get code 0."""
@@ -180,6 +233,14 @@ def columns_from_frame(frame: Any, names: Sequence[str]) -> dict[str, list[Any]]
         series = frame[name]
         out[name] = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in series.tolist()]
     return out
+
+
+def background_document(frame: Any, names: Sequence[str], rows: int, seed: int) -> dict[str, Any]:
+    """A deterministic sample of `rows` rows of `frame` (feature columns only) as the background.json document."""
+    if len(frame) == 0:
+        raise BundleError("cannot record a background sample from an empty training frame")
+    sample = frame.sample(n=min(rows, len(frame)), random_state=seed).sort_index()
+    return {"format": BACKGROUND_FORMAT, "rows": len(sample), "seed": seed, "columns": columns_from_frame(sample, names)}
 
 
 def per_row_latency_ms(bundle: Bundle, columns: Mapping[str, Sequence[Any]], rows: int = 200) -> dict[str, float]:
