@@ -9,7 +9,8 @@ KServe's FastAPI stack (pydantic models, dependency injection, DataPlane, timing
   tritonclient.http sends none); the binary tensor extension is known by its Inference-Header-Content-Length
   header whatever the Content-Type says (KServe's client says application/octet-stream);
 - `POST /v1/models/{name}:predict` and `POST /v2/models/{name}[/versions/{v}]/infer` for this model, and its
-  V2 metadata, are answered here: parse (serving/requests.py, serving/v2.py, serving/binary.py),
+  V2 metadata, are answered here (and the explain verb, `:explain` and `/explain`, parsed the same way, with
+  serving/explain.py's bodies; it is not counted in the inference metrics, which the canary analysis reads): parse (serving/requests.py, serving/v2.py, serving/binary.py),
   `BundleModel.infer`, orjson. Client mistakes are 4xx with {"error": message}; not ready -> 503; an
   unexpected failure -> 500 and the server goes on;
 - `/docs`, `/redoc` and `/openapi.json` are not served;
@@ -31,6 +32,7 @@ from kserve.metrics import PREDICT_HIST_TIME
 
 from components.features.online import FeatureStoreUnavailable
 from serving import binary
+from serving import explain as explain_bodies
 from serving.model import BundleModel, v1_body
 from serving.observability import multiprocess_dir, multiprocess_exposition
 from serving.requests import Batch, RequestError, Schema, parse_v1
@@ -75,6 +77,9 @@ class FrontApp:
         self._v2 = f"/v2/models/{name}/infer"
         self._v2_meta = f"/v2/models/{name}"
         self._versioned = f"/v2/models/{name}/versions/"
+        self._v1_explain = f"/v1/models/{name}:explain"
+        self._v2_explain = f"/v2/models/{name}/explain"
+        self._verbs = frozenset({self._v1, self._v2, self._v1_explain, self._v2_explain})
         self._predict_hist = PREDICT_HIST_TIME.labels(model_name=name)
 
     # ------------------------------------------------------------ routing
@@ -96,9 +101,16 @@ class FrontApp:
                 version = path[len(self._versioned) : -len("/infer")]
                 await self._infer(scope, receive, send, "v2", version)
                 return
+            if path == self._v1_explain or path == self._v2_explain:
+                await self._infer(scope, receive, send, "v1" if path == self._v1_explain else "v2", explain=True)
+                return
+            if path.startswith(self._versioned) and path.endswith("/explain"):
+                version = path[len(self._versioned) : -len("/explain")]
+                await self._infer(scope, receive, send, "v2", version, explain=True)
+                return
             await self._guarded(scope, receive, send)
             return
-        if path == self._v2 or path == self._v1:
+        if path in self._verbs:
             await _respond(send, 405, {"error": f"{method} is not allowed on {path}: use POST"}, [(b"allow", b"POST")])
             return
         if path in HIDDEN:
@@ -130,7 +142,9 @@ class FrontApp:
 
     # ------------------------------------------------------------ inference
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send, protocol: str, version: str | None = None) -> None:
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, protocol: str, version: str | None = None, explain: bool = False
+    ) -> None:
         started = time.perf_counter()
         model = self.model
         request_id = None
@@ -153,6 +167,8 @@ class FrontApp:
                 raise HTTPError(503, f"model {model.name!r} is not ready")
             if version is not None and version != model.version:
                 raise HTTPError(404, f"model {model.name!r} has no version {version!r}; this server serves version {model.version!r}")
+            if explain:
+                model.check_explainable()
             _check_content_type(content_type, binary_length)
             if binary_length is not None and protocol != "v2":
                 raise HTTPError(400, "the binary tensor extension (Inference-Header-Content-Length) is for V2 requests")
@@ -164,40 +180,56 @@ class FrontApp:
                 batch = _parse(*args)
             else:  # a big batch: parse off the event loop so small requests and probes keep flowing
                 batch = await asyncio.get_running_loop().run_in_executor(None, _parse, *args)
-            scoring_started = time.perf_counter()
-            scored = await model.infer(batch, request_id)
-            self._predict_hist.observe(time.perf_counter() - scoring_started)
-            if protocol == "v2":
-                payload, header_length = response_body(
-                    model.name, model.version, scored.request_id, batch, scored.probabilities, scored.labels
-                )
+            if explain:
+                explanation = await model.explain_batch(batch)
+                rid = request_id or batch.request_id or model.new_request_id()
+                if protocol == "v2":
+                    payload = explain_bodies.v2_body(model.name, model.version, rid, explanation)
+                else:
+                    payload = explain_bodies.v1_body(explanation, model.threshold, model.version)
             else:
-                payload = v1_body(scored, model.version)
+                scoring_started = time.perf_counter()
+                scored = await model.infer(batch, request_id)
+                self._predict_hist.observe(time.perf_counter() - scoring_started)
+                rid = scored.request_id
+                if protocol == "v2":
+                    payload, header_length = response_body(model.name, model.version, rid, batch, scored.probabilities, scored.labels)
+                else:
+                    payload = v1_body(scored, model.version)
         except ClientGone:
             return
         except HTTPError as err:
-            await self._fail(send, protocol, started, err.status, err.message, scope, request_id)
+            await self._fail(send, protocol, started, err.status, err.message, scope, request_id, not explain)
             return
         except RequestError as err:
-            await self._fail(send, protocol, started, err.status, str(err), scope, request_id)
+            await self._fail(send, protocol, started, err.status, str(err), scope, request_id, not explain)
             return
         except (ModelNotReady, FeatureStoreUnavailable) as err:
-            await self._fail(send, protocol, started, 503, str(err), scope, request_id)
+            await self._fail(send, protocol, started, 503, str(err), scope, request_id, not explain)
             return
         except Exception as err:  # a bug or a broken program: answer 500, log it, keep serving
             log.exception("inference failed", extra={"path": scope["path"], "request_id": request_id})
-            await self._fail(send, protocol, started, 500, f"internal error while scoring: {type(err).__name__}", scope, request_id)
+            await self._fail(
+                send,
+                protocol,
+                started,
+                500,
+                f"internal error while {'explaining' if explain else 'scoring'}: {type(err).__name__}",
+                scope,
+                request_id,
+                not explain,
+            )
             return
         headers = [_JSON if header_length is None else _OCTET, (b"content-length", str(len(payload)).encode())]
         if header_length is not None:
             headers.append((binary.HEADER, str(header_length).encode()))
-        rid = scored.request_id
         if len(rid) <= 200 and rid.isascii() and rid.isprintable():  # echoed only when it cannot break the header
             headers.append((b"x-request-id", rid.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
         elapsed = time.perf_counter() - started
-        model.stats.success(protocol, elapsed, batch.rows)
+        if not explain:
+            model.stats.success(protocol, elapsed, batch.rows)
         if self.log_requests:
             log.info(
                 "request",
@@ -205,17 +237,25 @@ class FrontApp:
                     "path": scope["path"],
                     "status": 200,
                     "rows": batch.rows,
-                    "request_id": scored.request_id,
+                    "request_id": rid,
                     "latency_ms": round(elapsed * 1000, 3),
                 },
             )
 
     async def _fail(
-        self, send: Send, protocol: str, started: float, status: int, message: str, scope: Scope, request_id: str | None
+        self,
+        send: Send,
+        protocol: str,
+        started: float,
+        status: int,
+        message: str,
+        scope: Scope,
+        request_id: str | None,
+        count: bool = True,
     ) -> None:
         await _respond(send, status, {"error": message})
         elapsed = time.perf_counter() - started
-        if self.model.stats is not None:
+        if count and self.model.stats is not None:
             self.model.stats.failure(protocol, elapsed, status)
         log.log(
             logging.ERROR if status >= 500 else logging.WARNING,

@@ -1,7 +1,7 @@
 """The KServe runtime for model bundles: a kserve.Model that loads, verifies and serves one bundle.
 
-`__init__` does no I/O; `load()` fetches (local path or s3://), verifies every digest, prepares the scorer,
-warms it up, and only then sets `ready`. `infer()` is the one scoring path: the lean REST front
+`__init__` does no I/O; `load()` fetches (local path or s3://), verifies every digest, prepares the scorer and
+the explainer (the bundle's background sample, if it has one), warms it up, and only then sets `ready`. `infer()` is the one scoring path: the lean REST front
 (serving/front.py) and KServe's own stack (gRPC, via `predict()`) both end there, so entity lookups,
 metrics and request logging are the same whichever protocol a request used.
 """
@@ -24,9 +24,11 @@ from kserve.errors import InferenceError, InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components.core import bundle as bundle_lib
+from components.core import explain as explain_lib
 from components.core import storage
 from components.features.online import FeatureStoreUnavailable, OnlineFeatures, UnknownEntity
 from serving import binary
+from serving.explain import ExplainUnavailable, check_rows
 from serving.observability import RequestMetrics, metrics
 from serving.request_sink import RequestLogSink
 from serving.requests import Batch, RequestError, Schema, columns_from_v2_inputs, fill_lookups, parse_v1
@@ -69,6 +71,8 @@ class BundleModel(kserve.Model):
         self.options = options or ServingOptions()
         self.bundle: bundle_lib.Bundle | None = None
         self.scorer: Scorer | None = None
+        self.explainer: explain_lib.Explainer | None = None
+        self._no_explainer = "the model is not loaded"
         self.schema = Schema((), ())
         self.online: OnlineFeatures | None = None
         self.sink: RequestLogSink | None = None
@@ -95,6 +99,7 @@ class BundleModel(kserve.Model):
         self._threshold = bundle.threshold
         self.scorer = Scorer(bundle, trace=self.options.trace)
         self.scorer.prepare()
+        self._setup_explainer(bundle, self.scorer)
         self._setup_online(bundle)
         self.schema = Schema(tuple(bundle.numeric), tuple(bundle.categorical), self.online.entity if self.online is not None else None)
         self.stats = RequestMetrics(self.name, self._version)
@@ -122,6 +127,15 @@ class BundleModel(kserve.Model):
             },
         )
         return self.ready
+
+    def _setup_explainer(self, bundle: bundle_lib.Bundle, scorer: Scorer) -> None:
+        """Explanations with the scorer's program (so they explain the score :predict returns); a bundle without
+        a usable background sample still serves predictions, and :explain answers 501 with the reason."""
+        try:
+            self.explainer = explain_lib.bundle_explainer(bundle, explain_lib.program_predict(scorer.program))
+        except (bundle_lib.BundleError, explain_lib.ExplainError) as err:  # NoBackground is a BundleError
+            self._no_explainer = str(err) if isinstance(err, bundle_lib.NoBackground) else f"this model cannot be explained: {err}"
+            log.warning("explanations unavailable: %s", self._no_explainer)
 
     def _setup_online(self, bundle: bundle_lib.Bundle) -> None:
         lineage = bundle.signature.get("lineage", {})
@@ -176,6 +190,13 @@ class BundleModel(kserve.Model):
     def version(self) -> str:
         return self._version
 
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
     def get_input_types(self) -> list[dict[str, Any]]:
         return v2_input_types(self.schema.numeric, self.schema.categorical)
 
@@ -207,17 +228,7 @@ class BundleModel(kserve.Model):
             raise ModelNotReady(self.name)
         loop = asyncio.get_running_loop()
         if batch.lookup_rows:
-            if self.online is None:
-                raise RequestError("this model server has no online store configured: send feature values")
-            assert batch.entities is not None
-            keys = [str(batch.entities[i]) for i in batch.lookup_rows]
-            try:
-                found = await loop.run_in_executor(None, self.online.lookup, keys)
-            except UnknownEntity as err:
-                metrics().lookups.labels(self.name, "unknown").inc(len(keys))
-                raise UnknownEntityRequest(str(err)) from err
-            metrics().lookups.labels(self.name, "found").inc(len(keys))
-            fill_lookups(batch, found, self.schema)
+            await self._lookup(batch)
         if batch.rows <= self.inline_rows:
             probs = scorer.score(batch.columns, batch.rows)
         else:
@@ -227,6 +238,42 @@ class BundleModel(kserve.Model):
         if self.sink is not None:
             self.sink.submit(batch, probs, labels, self._version, rid)
         return Scored(probs, labels, rid)
+
+    async def _lookup(self, batch: Batch) -> None:
+        """The features of the rows that sent only an entity key, from the online store (unknown key -> 404)."""
+        if self.online is None:
+            raise RequestError("this model server has no online store configured: send feature values")
+        assert batch.entities is not None
+        keys = [str(batch.entities[i]) for i in batch.lookup_rows]
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, self.online.lookup, keys)
+        except UnknownEntity as err:
+            metrics().lookups.labels(self.name, "unknown").inc(len(keys))
+            raise UnknownEntityRequest(str(err)) from err
+        metrics().lookups.labels(self.name, "found").inc(len(keys))
+        fill_lookups(batch, found, self.schema)
+
+    def check_explainable(self) -> None:
+        """501 before anything else when this bundle cannot be explained (no background sample)."""
+        if self.explainer is None:
+            raise ExplainUnavailable(self._no_explainer)
+
+    async def explain_batch(self, batch: Batch) -> explain_lib.Explanation:
+        """Attributions for a parsed batch (entity keys looked up as for scoring), computed off the event loop."""
+        scorer, explainer = self.scorer, self.explainer
+        if scorer is None or not self.ready:
+            raise ModelNotReady(self.name)
+        self.check_explainable()
+        assert explainer is not None
+        check_rows(batch.rows)
+        if batch.lookup_rows:
+            await self._lookup(batch)
+
+        def attributions() -> explain_lib.Explanation:
+            numeric, codes = scorer.encode(batch.columns, batch.rows)
+            return explainer.explain(numeric.numpy(), codes.numpy())
+
+        return await asyncio.get_running_loop().run_in_executor(None, attributions)
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None) -> Any:
         """KServe's path (gRPC, or REST if the front is bypassed): same parsing and scoring as the front."""
