@@ -82,7 +82,8 @@ def write_mlflow_model(bundle_dir: str | Path, example: Any) -> None:
     digests = bundle_lib.verify(root)  # never extend the seal of a bundle whose core files do not match it
     signature = json.loads((root / bundle_lib.SIGNATURE).read_text())
     features = signature["features"]
-    core = {name: digests[name] for name in bundle_lib.BUNDLE_FILES}  # without the entries of an earlier call
+    # The core files' entries (optional ones included when sealed), without the MLflow entries of an earlier call.
+    core = {name: digest for name, digest in digests.items() if name in bundle_lib.BUNDLE_FILES}
     # The MLflow model's id comes from the core files' digests: the same bundle always names the same model.
     core_digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
     model = Model(model_uuid=uuid.UUID(hex=core_digest[:32]).hex, signature=model_signature(features))
