@@ -47,7 +47,7 @@ ADDITIVITY_TOLERANCE = 1e-6
 DEFAULT_PASSES = 1  # walks = 2 * passes * background rows (200 for the recorded 100 rows)
 SEED = 20
 MAX_PROGRAM_ROWS = 16_384  # composite rows per program call: bounds memory for wide models and tree programs
-GLOBAL_MAX_ROWS = 1_000  # rows global_importance explains at most (evenly spaced), so evaluation stays bounded
+GLOBAL_MAX_ROWS = 500  # rows global_importance explains at most (evenly spaced): ~8 s for 20 features, 2 cores
 
 
 class ExplainError(ValueError):
@@ -207,7 +207,8 @@ def global_importance(bundle: Bundle, rows: Any, max_rows: int = GLOBAL_MAX_ROWS
     """Mean |attribution| per feature over `rows` (a DataFrame or {feature: values}), largest first.
 
     The same method the server's explanations use, so a report's global picture and a row's explanation agree.
-    At most `max_rows` rows are explained (evenly spaced, deterministic): the cost is ~2 x 100 x F program rows each.
+    At most `max_rows` rows are explained (evenly spaced, deterministic): each costs 200 x (F - 1) program rows
+    (measured: 1,000 rows of a 20-feature network bundle in 16 s on 2 busy cores, the model's own time dominating).
     """
     columns = _as_columns(rows, bundle.feature_names)
     missing = [f for f in bundle.feature_names if f not in columns]
