@@ -22,7 +22,9 @@ shap.explainers.Permutation with an Independent masker is exactly additive too, 
 10 ms median at max_evals=123, which is only 3 feature orders (each averaged over the whole background). This
 estimator puts the same model budget into one vectorised call per request: 200 orders x (F - 1) composite rows,
 f(background) computed once per bundle, no per-call masking in Python (benchmarks/bench_explain.py has the
-figures); and it would pull numba + llvmlite into the serving image for one function.
+figures, same program and background, one thread: this estimator p50 2.4 ms / p99 8.2 ms per row, shap's
+Permutation at its defaults p99 80 ms); and shap would pull numba + llvmlite into the serving image for one
+function. Cost grows with the program's: a 200-tree LightGBM program takes ~280 ms a row (3,800 program rows).
 
 Everything here is pure: numpy in, numpy out; torch only inside `program_predict`.
 """
