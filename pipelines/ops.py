@@ -81,15 +81,23 @@ def train_op(
     gpus_per_node: int = 1,
     pipeline_run: str = "",
     pipeline_run_name: str = "",
+    gate_policy: str = "",
 ) -> NamedTuple("TrainOutputs", [("model_name", str), ("version", str)]):
-    """PyTorch on CUDA when present (DDP over every GPU of the pod), tracked in MLflow; writes the sealed model bundle.
+    """Train every candidate family the gate policy lists (network, LightGBM trees, logistic regression), each sealed
+    as a model bundle and registered; tracked in MLflow as one parent run with a child run per candidate.
 
-    `nodes` > 1 trains in a Kubeflow Trainer TrainJob of that many nodes with `gpus_per_node` GPUs each.
-    `pipeline_run` and `pipeline_run_name` (the KFP run's id and name) name the MLflow run and link it back.
+    The network trains on CUDA when present (DDP over every GPU of the pod); `nodes` > 1 trains it in a Kubeflow
+    Trainer TrainJob of that many nodes with `gpus_per_node` GPUs each. `gate_policy` (as the evaluate step reads it)
+    names the candidates and the decision threshold's objective (F1, or its cost matrix). `pipeline_run` and
+    `pipeline_run_name` (the KFP run's id and name) name the MLflow run and link it back.
     """
     from collections import namedtuple
 
+    from components.core.spec import load_spec
+    from components.evaluation.policy import policy_for_run, threshold_objective
     from components.training.step import train_step
+
+    policy = policy_for_run(gate_policy, dataset_spec, load_spec(dataset_spec).name)
 
     name, version = train_step(
         dataset_spec,
@@ -104,6 +112,8 @@ def train_op(
         gpus_per_node,
         pipeline_run=pipeline_run,
         pipeline_run_name=pipeline_run_name,
+        threshold_objective=threshold_objective(policy),
+        families=",".join(policy.candidates),
     )
     return namedtuple("TrainOutputs", ["model_name", "version"])(name, version)
 
@@ -125,9 +135,11 @@ def evaluate_op(
     report: Output[HTML],
     model_card: Output[Markdown],
     verdict: Output[Markdown],
+    chosen: Output[Model],
     pipeline_run: str = "",
 ) -> bool:
-    """Judge the version by its gate policy (thresholds, latency, slices, champion); baseline beside it. Returns the gate.
+    """Judge every candidate by the gate policy (thresholds, calibration, latency, slices, baseline, champion) and
+    choose one: the most accurate that passes, or a cheaper one when the lead is within noise. Returns the gate.
 
     `gate_policy` names the policy file (empty: the one beside the dataset spec); a non-negative
     `min_roc_auc`, `max_p99_latency_ms` or `max_regression` overrides that value of the file.
@@ -140,8 +152,9 @@ def evaluate_op(
     Returns:
         verdict: PASS or FAIL with every check's reason and the key test metrics, written for a failing gate too.
         report: The full evaluation report: curves, slices, champion and baseline, feature importance.
-        model_card: The bundle's model card followed by this evaluation.
-        Output: Whether the version passed the gate (deploy runs only then).
+        model_card: The chosen bundle's model card followed by this evaluation.
+        chosen: The chosen candidate's bundle (its metadata names the version and family); written on a pass only.
+        Output: Whether a candidate passed the gate (deploy runs only then).
     """
     from components.evaluation.step import evaluate_step
 
@@ -162,12 +175,15 @@ def evaluate_op(
         model_card,
         verdict=verdict,
         pipeline_run=pipeline_run,
+        chosen=chosen,
     )
 
 
 @_component
 def deploy_op(model: Input[Model], test_set: Input[Dataset], model_name: str, version: str, deployment: Output[Markdown]) -> str:
-    """Serve the bundle (local KServe server on 127.0.0.1, or an InferenceService canary); returns its URL."""
+    """Serve the chosen bundle (local KServe server on 127.0.0.1, or an InferenceService canary); returns its URL.
+
+    The version is the one the bundle's metadata names (the evaluate step's choice), else `version`."""
     from components.deployment.step import deploy_step
 
     return deploy_step(model, test_set, model_name, version, deployment)

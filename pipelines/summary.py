@@ -60,11 +60,15 @@ def describe_step(max_epochs: int | None) -> Any:
                 epochs = f"stopped early after {ran} of at most {max_epochs} epochs"
             else:
                 epochs = f"{ran} epochs (the maximum)" if max_epochs else f"{ran} epochs"
+            if m.get("candidates"):  # several families: the evaluate step chooses among them
+                return f"candidates {m['candidates']}; network {epochs}, {auc}"
             return f"v{m.get('version', '?')}: {epochs}, {auc}, on {m.get('device', '?')}"
         if task == "evaluate-op":
             m = artifact_metadata(where, "metrics")
             passed = task_output(where, "Output")
-            text = f"gate {'PASSED' if passed else 'FAILED'}: ROC-AUC {float(m.get('roc_auc', float('nan'))):.3f}"
+            chosen = artifact_metadata(where, "chosen")
+            picked = f"{chosen['family']} v{chosen['version']} chosen, " if chosen.get("family") else ""
+            text = f"gate {'PASSED' if passed else 'FAILED'}: {picked}ROC-AUC {float(m.get('roc_auc', float('nan'))):.3f}"
             if "baseline.roc_auc" in m:
                 text += f" (baseline {float(m['baseline.roc_auc']):.3f}"
                 text += f", champion {float(m['champion.roc_auc']):.3f})" if "champion.roc_auc" in m else ")"
@@ -212,7 +216,9 @@ def run_summary(run: Any) -> str:
         lines.append(f"{'MLflow:':<20} unreachable ({type(err).__name__}: {str(err)[:200]})")
     run_id = run.metadata("train-op", "model").get("run_id") if run.ran("train-op") else None
     if run.ran("evaluate-op"):
-        lines += ["", *_gate_lines(_gate_record(run, client), str(run.output("train-op", "version")))]
+        chosen = run.metadata("evaluate-op", "chosen")  # the candidate the gate chose, when it chose one
+        shown = f"{chosen['version']} ({chosen['family']})" if chosen.get("version") else str(run.output("train-op", "version"))
+        lines += ["", *_gate_lines(_gate_record(run, client), shown)]
     if run.ran("validate-op"):
         quarantine = run.metadata("validate-op", "quarantine")
         rows = run.metadata("validate-op", "metrics").get("rows")

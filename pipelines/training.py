@@ -131,7 +131,8 @@ def training_pipeline(
             and keeps the best epoch.
         seed: Random seed of training: the same data, parameters, code and seed reuse the version already trained.
         gate_policy: The gate policy file (a shipped name, a path or an s3:// URI). Empty: the policy file
-            beside the dataset spec (<dataset_spec>.policy.yaml), or the built-in defaults when there is none.
+            beside the dataset spec (<dataset_spec>.policy.yaml), or the built-in defaults when there is none. It
+            also names the model families trained as candidates and the decision threshold's costs.
         min_roc_auc: Minimum test ROC-AUC to pass the gate. -1.0 (any negative value): use the policy file's value.
         max_p99_latency_ms: Largest per-row p99 scoring latency, in milliseconds, to pass the gate. -1.0 (any
             negative value): use the policy file's value.
@@ -166,6 +167,7 @@ def training_pipeline(
             gpus_per_node=gpus_per_node,
             pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # the MLflow run's name and tags link back to this run
             pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            gate_policy=gate_policy,  # its `candidates` and decision costs shape training
         ),
         retries=1,
     )
@@ -190,7 +192,7 @@ def training_pipeline(
     with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
         deploy = cluster_wiring(
             deploy_op(
-                model=train.outputs["model"],
+                model=evaluate.outputs["chosen"],
                 test_set=features.outputs["test_set"],
                 model_name=train.outputs["model_name"],
                 version=train.outputs["version"],

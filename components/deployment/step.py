@@ -28,6 +28,8 @@ def deploy_step(model: Any, test_set: Any, model_name: str, version: str, deploy
 
     started = time.perf_counter()
     settings = get_settings()
+    # The evaluate step's choice names its version on the bundle artifact; a plain bundle uses the parameter.
+    version = str((getattr(model, "metadata", None) or {}).get("version") or version)
     test = pd.read_parquet(test_set.path)
     candidate = bundle_lib.load(model.path)
     sample = bundle_lib.columns_from_frame(test.head(3), candidate.feature_names)

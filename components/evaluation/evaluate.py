@@ -59,6 +59,8 @@ class Evaluation:
     policy: GatePolicy = field(default_factory=GatePolicy)
     data: dict[str, Any] = field(default_factory=dict)  # the test set: rows, positives, time range
     lineage: dict[str, Any] = field(default_factory=dict)  # the bundle's lineage and digest
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate of the run (selection.py)
+    selection: str = ""  # why this candidate was chosen, or why none was
 
     def summary(self) -> dict[str, Any]:
         """Everything but the curves, JSON-ready: what gate.json records."""
@@ -75,6 +77,8 @@ class Evaluation:
             "importance": self.importance,
             "data": self.data,
             "lineage": self.lineage,
+            "candidates": self.candidates,
+            "selection": self.selection,
             "policy": {**self.policy.as_dict(), "sha256": self.policy.fingerprint()},
         }
 
@@ -286,6 +290,44 @@ def permutation_importance(
     return sorted(out, key=lambda r: -float(r["mean"]))
 
 
+@dataclass
+class References:
+    """What every candidate is compared with, scored once on the test rows: the champion and the baseline."""
+
+    champion: dict[str, Any] | None = None
+    champion_p: np.ndarray | None = None
+    baseline: dict[str, Any] | None = None
+    baseline_p: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def references(
+    test: pd.DataFrame,
+    policy: GatePolicy,
+    model_name: str | None,
+    version: str | None,
+    train: pd.DataFrame | None,
+    client: Any,
+    numeric: list[str],
+    categorical: list[str],
+) -> References:
+    refs = References()
+    if model_name and version:
+        client = client or tracking.configure(get_settings())
+        found = champion_scores(client, model_name, version, test, policy.latency_rows)
+        if found is None:
+            refs.notes.append("no champion yet: judged on the absolute thresholds only")
+        else:
+            refs.champion, refs.champion_p = found
+            if refs.champion_p is None:
+                refs.notes.append(
+                    f"champion v{refs.champion['version']} is not comparable ({refs.champion['why']}): judged on the absolute thresholds only"
+                )
+    if train is not None and policy.baseline:
+        refs.baseline, refs.baseline_p = baseline_result(train, test, numeric, categorical, policy.baseline, policy.latency_rows)
+    return refs
+
+
 # --- the step's logic -----------------------------------------------------------------------------------
 
 
@@ -297,8 +339,11 @@ def evaluate(
     version: str | None,
     train: pd.DataFrame | None = None,
     client: Any = None,
+    refs: References | None = None,
 ) -> Evaluation:
-    """Score the candidate bundle on `test` and judge it by `policy` (and the registry's champion, when there is one)."""
+    """Score the candidate bundle on `test` and judge it by `policy` (and the registry's champion, when there is one).
+
+    `refs`: the champion and baseline already scored on `test` (several candidates share them), else scored here."""
     candidate = bundle_lib.load(model_dir)
     if test.empty:
         raise ValueError("the test set is empty: nothing to evaluate the model on")
@@ -331,26 +376,18 @@ def evaluate(
     if small:
         ev.notes.append("reported, not gated (too small): " + ", ".join(small))
 
-    if model_name and version:
-        client = client or tracking.configure(get_settings())
-        found = champion_scores(client, model_name, version, test, policy.latency_rows)
-        if found is None:
-            ev.notes.append("no champion yet: judged on the absolute thresholds only")
-        else:
-            info, champion_p = found
-            if champion_p is None:
-                ev.notes.append(f"champion v{info['version']} is not comparable ({info['why']}): judged on the absolute thresholds only")
-                ev.champion = info
-            else:
-                ev.champion = {**info, **classification_metrics(y, champion_p, info["threshold"])}
-                ev.other_curves[f"champion v{info['version']}"] = curves(y, champion_p, info["threshold"])
-
-    if train is not None and policy.baseline:
-        numeric, categorical = candidate.numeric, candidate.categorical
-        ev.baseline, baseline_p = baseline_result(train, test, numeric, categorical, policy.baseline, policy.latency_rows)
-        ev.other_curves[f"baseline ({policy.baseline})"] = curves(y, baseline_p, ev.baseline["threshold"])
+    refs = refs or references(test, policy, model_name, version, train, client, candidate.numeric, candidate.categorical)
+    ev.notes.extend(refs.notes)
+    if refs.champion is not None:
+        ev.champion = dict(refs.champion)
+        if refs.champion_p is not None:
+            ev.champion.update(classification_metrics(y, refs.champion_p, refs.champion["threshold"]))
+            ev.other_curves[f"champion v{refs.champion['version']}"] = curves(y, refs.champion_p, refs.champion["threshold"])
+    if refs.baseline is not None and refs.baseline_p is not None:
+        ev.baseline = dict(refs.baseline)
+        ev.other_curves[f"baseline ({policy.baseline})"] = curves(y, refs.baseline_p, ev.baseline["threshold"])
         for metric in policy.baseline_tolerance:
-            ev.baseline[f"ci.{metric}"] = paired_bootstrap_ci(y, p, baseline_p, metric)
+            ev.baseline[f"ci.{metric}"] = paired_bootstrap_ci(y, p, refs.baseline_p, metric)
 
     sample = test.sample(n=min(len(test), policy.importance_rows), random_state=0) if len(test) > policy.importance_rows else test
     ev.importance = permutation_importance(

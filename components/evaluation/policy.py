@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from components.core import storage
+from components.core.candidates import check_families
 
 # Metrics a policy may name, and which way is better. Slices and champion comparisons use these names.
 HIGHER_IS_BETTER = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")
@@ -59,6 +60,9 @@ class GatePolicy:
     baseline_tolerance: dict[str, float] = field(default_factory=dict)
     importance_repeats: int = 3  # permutation feature importance, for the report
     importance_rows: int = 5000
+    # The model families the train step tries; the evaluate step deploys the best that passes every check, the
+    # cheaper one when its lead is within noise (components/evaluation/selection.py).
+    candidates: tuple[str, ...] = ("network", "lightgbm", "logistic")
     version: int = 0
     dataset: str | None = None
     source: str = "defaults"  # where the policy came from (file, plus the overrides applied)
@@ -72,7 +76,19 @@ class GatePolicy:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-_TOP = {"version", "dataset", "description", "thresholds", "latency", "slices", "champion", "baseline", "importance", "decision"}
+_TOP = {
+    "version",
+    "dataset",
+    "description",
+    "thresholds",
+    "latency",
+    "slices",
+    "champion",
+    "baseline",
+    "importance",
+    "decision",
+    "candidates",
+}
 COST_KEYS = ("fp", "fn", "tp", "tn")
 
 
@@ -122,6 +138,13 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
     if kind is not None and kind not in BASELINE_KINDS:
         raise PolicyError(f"baseline.kind: {kind!r} is not one of {list(BASELINE_KINDS)} (or null for none)")
     defaults = GatePolicy()
+    given = top.get("candidates", list(defaults.candidates))
+    if not isinstance(given, list):
+        raise PolicyError(f"candidates: expected a list of model families such as {list(defaults.candidates)}, got {given!r}")
+    try:
+        candidates = check_families(given)
+    except ValueError as err:
+        raise PolicyError(str(err)) from None
 
     def optional(key: str, hi: float) -> float | None:
         return None if thresholds.get(key) is None else _number(f"thresholds.{key}", thresholds[key], 0.0, hi)
@@ -148,6 +171,7 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
         baseline_tolerance=_metric_map("baseline.max_regression", baseline.get("max_regression"), HIGHER_IS_BETTER + LOWER_IS_BETTER),
         importance_repeats=int(_number("importance.repeats", importance.get("repeats", 3))),
         importance_rows=int(_number("importance.rows", importance.get("rows", 5000), 1)),
+        candidates=candidates,
         version=version,
         dataset=None if top.get("dataset") is None else str(top["dataset"]),
         source=source,

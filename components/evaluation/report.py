@@ -119,7 +119,8 @@ def _trade_png(ev: Evaluation) -> Html:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    for name, m in _models(ev):
+    others = [(f"{r['family']} v{r['version']}", r) for r in ev.candidates if not r["chosen"] and r.get("roc_auc") is not None]
+    for name, m in [*_models(ev), *others]:
         if math.isfinite(m.get("roc_auc", float("nan"))):
             ax.scatter(m["latency_p99_ms"], m["roc_auc"], s=50)
             ax.annotate(name, (m["latency_p99_ms"], m["roc_auc"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
@@ -284,6 +285,31 @@ def report_html(ev: Evaluation, model_name: str, version: str) -> str:
                 numeric=[1, 2],
             )
         )
+    candidates = Html("")
+    if ev.candidates:
+        candidates = Html(
+            tag("h2", "Candidates")
+            + tag("p", f"Chosen: {ev.selection}.")
+            + table(
+                ["family", "version", "ROC-AUC", "95% CI of best minus it", "Brier", "ECE", "p99 ms", "program bytes", "outcome"],
+                [
+                    [
+                        r["family"],
+                        r["version"] or "-",
+                        _fmt(r.get("roc_auc"), "{:.4f}"),
+                        "-" if r["ci_vs_best"][0] != r["ci_vs_best"][0] else f"[{r['ci_vs_best'][0]:+.4f}, {r['ci_vs_best'][1]:+.4f}]",
+                        _fmt(r.get("brier"), "{:.4f}"),
+                        _fmt(r.get("ece"), "{:.4f}"),
+                        _fmt(r.get("latency_p99_ms"), "{:.3f}"),
+                        f"{r['size_bytes']:,}",
+                        tag("b", r["status"]) if r["chosen"] else r["status"],
+                    ]
+                    for r in ev.candidates
+                ],
+                ["" if r["passed"] else "fail" for r in ev.candidates],
+                numeric=range(2, 8),
+            )
+        )
     policy = ev.policy
     champion_line = (
         tag("p", "No champion yet: judged on the absolute thresholds only.")
@@ -321,7 +347,8 @@ def report_html(ev: Evaluation, model_name: str, version: str) -> str:
         reasons,
         notes,
         test_set,
-        tag("h2", "Checks"),
+        candidates,
+        tag("h2", "Checks" + (" (the chosen candidate)" if ev.candidates else "")),
         check_table,
         tag("h2", "Decision threshold and confusion matrix"),
         _confusion(ev),

@@ -86,3 +86,47 @@ class ScoringProgram(nn.Module):
 
     def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(numeric, codes))
+
+
+class LogisticProgram(nn.Module):
+    """A logistic regression in the bundle contract: raw numeric values and category codes in, probability out.
+
+    The numeric preprocessing is TabularNet's (signed log, training-mean imputation, standardisation) and each
+    categorical feature is one-hot over its codes (code 0 = unseen or missing), so the weights of a fitted
+    scikit-learn LogisticRegression on that design matrix carry over exactly: the cheap model can win the
+    selection and be served like any other family.
+    """
+
+    means: torch.Tensor
+    stds: torch.Tensor
+    numeric_weights: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(
+        self, means: torch.Tensor, stds: torch.Tensor, numeric_weights: torch.Tensor, code_weights: list[torch.Tensor], bias: float
+    ) -> None:
+        super().__init__()
+        self.register_buffer("means", means.to(torch.float32))
+        self.register_buffer("stds", stds.to(torch.float32).clamp_min(1e-6))
+        self.register_buffer("numeric_weights", numeric_weights.to(torch.float32))
+        self.register_buffer("bias", torch.tensor(float(bias), dtype=torch.float32))
+        self.n_numeric = int(means.numel())
+        for j, weights in enumerate(code_weights):
+            self.register_buffer(f"codes_{j}", weights.to(torch.float32))
+        self.n_categorical = len(code_weights)
+
+    def standardize(self, numeric: torch.Tensor) -> torch.Tensor:
+        x = TabularNet.transform(numeric)
+        x = torch.where(torch.isnan(x), self.means, x)
+        return (x - self.means) / self.stds
+
+    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        logit = self.bias.expand(numeric.shape[0])
+        if self.n_numeric:
+            logit = logit + self.standardize(numeric) @ self.numeric_weights
+        for j in range(self.n_categorical):
+            table = getattr(self, f"codes_{j}")
+            # Codes past the table (a vocabulary the program never saw) read as unseen, as in the network.
+            safe = torch.where((codes[:, j] >= 0) & (codes[:, j] < table.shape[0]), codes[:, j], torch.zeros_like(codes[:, j]))
+            logit = logit + table[safe]
+        return torch.sigmoid(logit)

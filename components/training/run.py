@@ -40,10 +40,11 @@ def inputs_fingerprint(train_path: str, params: TrainParams, feature_service: st
     return digest.hexdigest()
 
 
-def training_description(dataset: str, validation_auc: float, best_epoch: int) -> str:
+def training_description(dataset: str, validation_auc: float, best_epoch: int, family: str = "network") -> str:
     """A new version's description. The evaluate step keeps the first paragraph and replaces the rest with its verdict."""
+    detail = {"network": f" (best epoch {best_epoch})", "lightgbm": f" ({best_epoch} trees)"}.get(family, "")
     return (
-        f"{dataset}: validation ROC-AUC {validation_auc:.4f} (best epoch {best_epoch}).\n\n"
+        f"{dataset} ({family}): validation ROC-AUC {validation_auc:.4f}{detail}.\n\n"
         f"Not evaluated yet: the evaluate step writes the test-period metrics and the gate's verdict here."
     )
 
@@ -116,6 +117,11 @@ def _train_data_parallel(
     return result, bundle_lib.bundle_digest(staged)
 
 
+def family_fingerprint(base: str, family: str) -> str:
+    """The network keeps the fingerprint it always had (its earlier versions stay reusable); other families add their name."""
+    return base if family == "network" else hashlib.sha256(f"{base}:{family}".encode()).hexdigest()
+
+
 def run_training_step(
     spec: DatasetSpec,
     train_path: str,
@@ -128,13 +134,23 @@ def run_training_step(
     api_client: Any = None,
     pipeline_run: str = "",
     pipeline_run_name: str = "",
+    families: tuple[str, ...] | list[str] = ("network",),
 ) -> dict[str, Any]:
-    """Train (or reuse) a model; write its bundle to `model_dir`; return what the pipeline records.
+    """Train (or reuse) one model per family; write the bundles to `model_dir`; return what the pipeline records.
 
-    `nodes` > 1 trains in a Kubeflow Trainer TrainJob (`gpus_per_node` GPUs on each); on one node, a pod with
-    several GPUs trains on all of them with DistributedDataParallel (torchrun), else in this process.
+    One family: its bundle is `model_dir` itself and the MLflow run is its run. Several (the candidates the evaluate
+    step chooses from): `model_dir/<family>/` each, listed in `model_dir/candidates.json`, one parent run with a
+    child run per candidate, and each candidate registered as a version tagged with its family. A candidate that
+    fails is recorded as refused with its reason and the others still compete.
+
+    `nodes` > 1 trains the network in a Kubeflow Trainer TrainJob (`gpus_per_node` GPUs on each); on one node, a pod
+    with several GPUs trains it on all of them with DistributedDataParallel (torchrun), else in this process.
     `pipeline_run` (the KFP run id) and `pipeline_run_name` name and tag the MLflow run; empty outside a pipeline.
     """
+    from components.core.candidates import CANDIDATES_FILE, check_families
+    from components.training.train import split_validation
+
+    families = check_families(families)
     if nodes < 1:
         raise ValueError(f"nodes must be at least 1, got {nodes}")
     settings = get_settings()
@@ -148,28 +164,22 @@ def run_training_step(
     client = tracking.configure(settings)
     name = model_name(spec)
     code = tracking.code_version()
-    fingerprint = inputs_fingerprint(train_path, params, feature_service, code)
-    existing = tracking.find_version_by_inputs(client, name, fingerprint)
-    if existing is not None:
-        log.info("identical inputs already trained: reusing %s version %s", name, existing.version)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = tracking.download_bundle(client, existing, tmp)
-            bundle_lib.verify(local)
-            storage.copy_dir(local, model_dir)
-        return {
-            "model_name": name,
-            "version": str(existing.version),
-            "run_id": existing.run_id,
-            "reused": True,
-            "bundle_sha256": bundle_lib.bundle_digest(model_dir),
-            "source": existing.source,
-        }
+    base_fingerprint = inputs_fingerprint(train_path, params, feature_service, code)
+    several = len(families) > 1
+
+    def target(family: str) -> str:
+        return storage.join(model_dir, family) if several else model_dir
+
+    existing = {f: tracking.find_version_by_inputs(client, name, family_fingerprint(base_fingerprint, f)) for f in families}
+    if all(v is not None for v in existing.values()):
+        entries: list[dict[str, Any]] = [_reuse(client, f, existing[f], target(f), name) for f in families]
+        return _outcome(name, entries, str(entries[0]["run_id"]), model_dir, several, reused=True)
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
     train = pd.read_parquet(train_path)
-    numeric = [f.name for f in spec.numeric]
-    categorical = [c.name for c in spec.categorical]
+    # A data set too small to hold out a calibration tail fails here, in seconds, before any candidate trains.
+    split_validation(train.sort_values("event_timestamp", kind="stable").reset_index(drop=True), params)
     training_sha = storage.sha256_file(train_path)
     lineage = {
         "dataset": spec.name,
@@ -181,7 +191,6 @@ def run_training_step(
         # The image this step really ran in, or None: a kfp.local run or a direct call runs in this
         # virtualenv, and the configured release tag (settings.components_image) would be a claim, not a fact.
         "image": settings.step_image or None,
-        "inputs_fingerprint": fingerprint,
         "model_name": name,
     }
     nproc = _local_processes() if nodes == 1 else max(gpus_per_node, 1)
@@ -194,21 +203,24 @@ def run_training_step(
         "mlwf.feature_service_version": lineage["feature_service_version"],
         "mlflow.source.git.commit": code,
         "mlwf.code_version": code,
-        tracking.INPUTS_TAG: fingerprint,
         **tracking.pipeline_run_tags(settings, pipeline_run, pipeline_run_name),
     }
+    if not several:
+        tags[tracking.INPUTS_TAG] = base_fingerprint
     if settings.step_image:  # no image tag at all for a local run (see lineage["image"])
         tags[tracking.IMAGE_TAG] = settings.step_image
     if nodes > 1:  # the ranks ran in the TrainJob's image, which build_trainjob took from this setting
         tags["mlwf.trainjob_image"] = settings.trainjob_image
+    context = _Context(spec, train, train_path, params, lineage, tags, client, name, nodes, gpus_per_node, nproc, api_client, pipeline_run)
     # Named "training" until the version exists; renamed once it is registered, at the end of the run.
     with mlflow.start_run(run_name=tracking.run_name(spec.name, None, pipeline_run)) as run:
-        mlflow.set_tags(tags)
+        mlflow.set_tags({**tags, "mlwf.candidates": ",".join(families)})
         mlflow.log_params(params_dict(params))
         mlflow.log_params(
             {
                 "rows_train": len(train),
                 "features": ",".join(spec.feature_names),
+                "families": ",".join(families),
                 "nodes": nodes,
                 "processes_per_node": nproc,
                 "feature_service": feature_service,
@@ -219,63 +231,169 @@ def run_training_step(
         mlflow.log_params({f"env.{k}": v for k, v in environment().items()})
         dataset = from_pandas(train, source=train_path, targets="label", name=feature_service, digest=training_sha[:32])
         mlflow.log_input(dataset, context="training", tags={"dataset_fingerprint": dataset_fingerprint[:250]})
-        lineage["run_id"] = run.info.run_id
+        entries = []
+        for family in families:
+            found = existing[family]
+            if found is not None:
+                log.info("%s: identical inputs already trained: reusing version %s", family, found.version)
+                entries.append(_reuse(client, family, found, target(family), name))
+                continue
+            fingerprint = family_fingerprint(base_fingerprint, family)
+            if not several:
+                entries.append(_train_candidate(context, family, fingerprint, target(family), nested=False))
+                continue
+            try:
+                with mlflow.start_run(run_name=f"{spec.name} · {family}", nested=True):
+                    entries.append(_train_candidate(context, family, fingerprint, target(family), nested=True))
+            except Exception as err:  # one family's failure is a refused candidate, not a failed training
+                reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+                log.warning("%s: refused: %s", family, reason)
+                entries.append({"family": family, "refused": reason})
+        if not any(e.get("version") for e in entries):
+            raise RuntimeError("every candidate failed to train: " + "; ".join(f"{e['family']}: {e['refused']}" for e in entries))
+        versions = ", ".join(f"{e['family']} v{e['version']}" for e in entries if e.get("version"))
+        if several:
+            mlflow.log_text(json.dumps(entries, indent=2, default=str), CANDIDATES_FILE)
+            mlflow.set_tags({"mlflow.runName": f"{tracking.run_name(spec.name, None, pipeline_run)} · {versions}"[:250]})
+        return _outcome(name, entries, run.info.run_id, model_dir, several, reused=False)
 
-        def progress(row: dict[str, float]) -> None:
-            log.info(
-                "epoch %d  loss %.4f  val_roc_auc %.4f  %.0f samples/s", row["epoch"], row["loss"], row["val_roc_auc"], row["samples_per_s"]
-            )
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
-        with tempfile.TemporaryDirectory() as tmp:
-            staged = Path(tmp) / "bundle"
-            if nodes > 1 or nproc > 1:
-                result, digest = _train_data_parallel(spec, train_path, params, lineage, staged, nodes, gpus_per_node, nproc, api_client)
-                for row in result.history:  # the ranks do not talk to MLflow: their history is logged here
-                    progress(row)
-            else:
-                program, vocab, result = train_model(train, numeric, categorical, params, progress)
-                card = model_card(spec, name, lineage, result, train)
-                digest = build_bundle(staged, program, vocab, result, train, numeric, categorical, lineage, card)
-            mlflow.log_metrics(
-                {
-                    "best_epoch": result.best_epoch,
-                    "val_roc_auc_best": result.validation_auc,
-                    "threshold": result.threshold,
-                    "train_samples_per_s": result.samples_per_second,
-                    "epochs_run": len(result.history),
-                }
-            )
-            calibration = result.calibration or {}
-            mlflow.log_metrics(
-                {
-                    f"calibration_{k}": float(v)
-                    for k, v in calibration.items()
-                    if k in ("ece_before", "ece_after", "rows", "positives", "f1", "expected_cost")
-                }
-            )
-            mlflow.set_tags(
-                {
-                    "mlwf.device": result.device,
-                    "mlwf.world_size": str(result.world_size),
-                    "mlwf.calibration": str(calibration.get("method", "none")),
-                }
-            )
-            mlflow.log_artifacts(str(staged), artifact_path="bundle")
-            storage.copy_dir(str(staged), model_dir)
-        source = f"{run.info.artifact_uri}/bundle"
-        # Registered last, so no version ever points at a run that failed half-way.
-        version = tracking.register(
-            client,
-            name,
-            run.info.run_id,
-            source,
-            {tracking.INPUTS_TAG: fingerprint, tracking.BUNDLE_TAG: digest},
-            training_description(spec.name, result.validation_auc, result.best_epoch),
-        )
-        mlflow.set_tags({"mlwf.model_version": version, "mlflow.runName": tracking.run_name(spec.name, version, pipeline_run)})
+def _outcome(name: str, entries: list[dict[str, Any]], run_id: str, model_dir: str, several: bool, reused: bool) -> dict[str, Any]:
+    """What the step records: the first trained candidate's fields (one family: the model's), and every candidate."""
+    from components.core.candidates import CANDIDATES_FILE
+
+    if several:
+        storage.write_bytes(storage.join(model_dir, CANDIDATES_FILE), json.dumps(entries, indent=2, default=str).encode())
+    first = next(e for e in entries if e.get("version"))
+    out = {**{k: v for k, v in first.items() if k != "refused"}, "model_name": name, "run_id": run_id, "reused": reused}
+    if several:
+        out["candidates"] = ", ".join(f"{e['family']} v{e['version']}" if e.get("version") else f"{e['family']} refused" for e in entries)
+    return out
+
+
+def _reuse(client: Any, family: str, existing: Any, model_dir: str, name: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracking.download_bundle(client, existing, tmp)
+        bundle_lib.verify(local)
+        storage.copy_dir(local, model_dir)
     return {
-        "model_name": name,
+        "family": family,
+        "version": str(existing.version),
+        "run_id": existing.run_id,
+        "reused": True,
+        "bundle_sha256": bundle_lib.bundle_digest(model_dir),
+        "source": existing.source,
+    }
+
+
+class _Context:
+    """What every candidate of one training run shares."""
+
+    def __init__(self, *values: Any) -> None:
+        (
+            self.spec,
+            self.train,
+            self.train_path,
+            self.params,
+            self.lineage,
+            self.tags,
+            self.client,
+            self.name,
+            self.nodes,
+            self.gpus_per_node,
+            self.nproc,
+            self.api_client,
+            self.pipeline_run,
+        ) = values
+
+
+def _train_candidate(ctx: _Context, family: str, fingerprint: str, model_dir: str, nested: bool) -> dict[str, Any]:
+    """Train one family in the active MLflow run, seal its bundle, log it and register it as a version."""
+    import mlflow
+
+    from components.core.threads import cpu_budget
+
+    spec, params = ctx.spec, ctx.params
+    numeric = [f.name for f in spec.numeric]
+    categorical = [c.name for c in spec.categorical]
+    run = mlflow.active_run()
+    assert run is not None
+    lineage = {**ctx.lineage, "family": family, "inputs_fingerprint": fingerprint, "run_id": run.info.run_id}
+    if nested:
+        mlflow.set_tags({**ctx.tags, tracking.INPUTS_TAG: fingerprint, "mlwf.family": family})
+        mlflow.log_params({**params_dict(params), "family": family})
+    else:
+        mlflow.set_tags({"mlwf.family": family})
+
+    def progress(row: dict[str, float]) -> None:
+        log.info(
+            "epoch %d  loss %.4f  val_roc_auc %.4f  %.0f samples/s", row["epoch"], row["loss"], row["val_roc_auc"], row["samples_per_s"]
+        )
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "bundle"
+        if family == "network" and (ctx.nodes > 1 or ctx.nproc > 1):
+            result, digest = _train_data_parallel(
+                spec, ctx.train_path, params, lineage, staged, ctx.nodes, ctx.gpus_per_node, ctx.nproc, ctx.api_client
+            )
+            for row in result.history:  # the ranks do not talk to MLflow: their history is logged here
+                progress(row)
+        else:
+            if family == "network":
+                program, vocab, result = train_model(ctx.train, numeric, categorical, params, progress)
+            elif family == "lightgbm":
+                from components.training.families import train_lightgbm_family
+
+                program, vocab, result, extra = train_lightgbm_family(ctx.train, numeric, categorical, params, cpu_budget())
+            else:
+                from components.training.families import train_logistic_family
+
+                program, vocab, result, extra = train_logistic_family(ctx.train, numeric, categorical, params)
+            card = model_card(spec, ctx.name, lineage, result, ctx.train)
+            digest = build_bundle(staged, program, vocab, result, ctx.train, numeric, categorical, lineage, card)
+        mlflow.log_metrics(
+            {
+                "best_epoch": result.best_epoch,
+                "val_roc_auc_best": result.validation_auc,
+                "threshold": result.threshold,
+                "train_samples_per_s": result.samples_per_second,
+                "epochs_run": len(result.history),
+                **{k: float(v) for k, v in extra.items() if isinstance(v, (int, float))},
+            }
+        )
+        calibration = result.calibration or {}
+        mlflow.log_metrics(
+            {
+                f"calibration_{k}": float(v)
+                for k, v in calibration.items()
+                if k in ("ece_before", "ece_after", "rows", "positives", "f1", "expected_cost")
+            }
+        )
+        mlflow.set_tags(
+            {
+                "mlwf.device": result.device,
+                "mlwf.world_size": str(result.world_size),
+                "mlwf.calibration": str(calibration.get("method", "none")),
+            }
+        )
+        mlflow.log_artifacts(str(staged), artifact_path="bundle")
+        storage.copy_dir(str(staged), model_dir)
+    source = f"{run.info.artifact_uri}/bundle"
+    # Registered last, so no version ever points at a run that failed half-way.
+    version = tracking.register(
+        ctx.client,
+        ctx.name,
+        run.info.run_id,
+        source,
+        {tracking.INPUTS_TAG: fingerprint, tracking.BUNDLE_TAG: digest, "mlwf.family": family},
+        training_description(spec.name, result.validation_auc, result.best_epoch, family),
+    )
+    name = tracking.run_name(spec.name, version, ctx.pipeline_run)
+    mlflow.set_tags({"mlwf.model_version": version, "mlflow.runName": f"{name} · {family}" if nested else name})
+    return {
+        "family": family,
         "version": version,
         "run_id": run.info.run_id,
         "reused": False,

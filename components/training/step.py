@@ -30,8 +30,10 @@ def train_step(
     pipeline_run: str = "",
     pipeline_run_name: str = "",
     threshold_objective: str = "f1",
+    families: str = "network",
 ) -> tuple[str, str]:
-    """`threshold_objective`: "f1" or the policy's cost matrix as JSON (what the decision threshold optimises)."""
+    """`threshold_objective`: "f1" or the policy's cost matrix as JSON (what the decision threshold optimises).
+    `families`: the model families to train as candidates, comma-separated (the gate policy's `candidates`)."""
     setup_logging()
     from components.core.spec import load_spec
     from components.core.threads import apply_torch_threads
@@ -56,14 +58,15 @@ def train_step(
         gpus_per_node=int(gpus_per_node),
         pipeline_run=pipeline_run,
         pipeline_run_name=pipeline_run_name,
+        families=[f for f in families.split(",") if f.strip()] or ["network"],
     )
     model.metadata.update({k: v for k, v in out.items() if isinstance(v, (str, int, float, bool))})
-    model.metadata["framework"] = "pytorch (torch.export bundle)"
+    model.metadata["framework"] = "torch.export bundle" + (" per candidate" if "candidates" in out else "")
     log_metrics(metrics, {k: out[k] for k in ("val_roc_auc", "epochs", "world_size") if k in out})
     log.info(
-        "train: %s version %s (%s) in %.1fs",
+        "train: %s %s (%s) in %.1fs",
         out["model_name"],
-        out["version"],
+        out.get("candidates") or f"version {out['version']}",
         "reused" if out["reused"] else "new",
         time.perf_counter() - started,
     )

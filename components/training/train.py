@@ -151,9 +151,7 @@ def reference_profile(train: pd.DataFrame, numeric: list[str], categorical: list
     return profile
 
 
-def _tensors(
-    df: pd.DataFrame, numeric: list[str], categorical: list[str], vocab: dict[str, list[str]], device: Any
-) -> tuple[Any, Any, Any]:
+def tensors(df: pd.DataFrame, numeric: list[str], categorical: list[str], vocab: dict[str, list[str]], device: Any) -> tuple[Any, Any, Any]:
     import torch
 
     n = len(df)
@@ -198,7 +196,6 @@ def train_model(
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from components.training.calibration import Calibrated, fit_calibrator, threshold_report
     from components.training.model import ScoringProgram, StandardizedInputs, TabularNet
 
     shard = shard or Shard()
@@ -230,8 +227,8 @@ def train_model(
 
         # DDP broadcasts rank 0's initial weights and averages gradients in the backward pass.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    xn, xc, y = _tensors(fit_df, numeric, categorical, vocab, device)
-    vn, vc, vy = _tensors(val_df, numeric, categorical, vocab, device)
+    xn, xc, y = tensors(fit_df, numeric, categorical, vocab, device)
+    vn, vc, vy = tensors(val_df, numeric, categorical, vocab, device)
     if numeric:
         with torch.no_grad():
             xn = net.standardize(xn)
@@ -295,7 +292,38 @@ def train_model(
     net.load_state_dict(best_state)
     net.eval()
     scoring = ScoringProgram(net.cpu()).eval()
-    cn, cc, cy = _tensors(calib_df, numeric, categorical, vocab, "cpu")
+    result.validation_auc = best_auc
+    program = calibrate_into(scoring, calib_df, numeric, categorical, vocab, objective, result)
+    result.samples_per_second = float(np.median([r["samples_per_s"] for r in result.history]))
+    log.info(
+        "trained %d epochs in %.1fs on %s (%d process%s)",
+        len(result.history),
+        time.perf_counter() - started,
+        device,
+        shard.world,
+        "es" if shard.world > 1 else "",
+    )
+    return program, vocab, result
+
+
+def calibrate_into(
+    scoring: Any,
+    calib_df: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    vocab: dict[str, list[str]],
+    objective: str | dict[str, float],
+    result: TrainResult,
+) -> Any:
+    """Wrap a scoring program (raw inputs -> uncalibrated probability) with the calibration map fitted on the tail,
+    choose the decision threshold on the calibrated scores, record both in `result`; returns the calibrated program.
+
+    Every model family goes through here, so each one's probabilities and threshold mean the same thing."""
+    import torch
+
+    from components.training.calibration import Calibrated, fit_calibrator, threshold_report
+
+    cn, cc, cy = tensors(calib_df, numeric, categorical, vocab, "cpu")
     with torch.inference_mode():
         raw = scoring(cn, cc).numpy()
     y_calib = cy.numpy().astype(np.int64)
@@ -304,7 +332,6 @@ def train_model(
     with torch.inference_mode():
         calibrated = program(cn, cc).numpy().astype(np.float64)
     chosen = threshold_report(y_calib, calibrated, objective)
-    result.validation_auc = best_auc
     result.threshold = chosen["threshold"]
     result.calibration = {
         "method": fit.method,
@@ -318,16 +345,7 @@ def train_model(
         "objective": objective,
         **{k: v for k, v in chosen.items() if k in ("f1", "expected_cost")},
     }
-    result.samples_per_second = float(np.median([r["samples_per_s"] for r in result.history]))
-    log.info(
-        "trained %d epochs in %.1fs on %s (%d process%s)",
-        len(result.history),
-        time.perf_counter() - started,
-        device,
-        shard.world,
-        "es" if shard.world > 1 else "",
-    )
-    return program, vocab, result
+    return program
 
 
 def export_program(program: Any, n_numeric: int, n_categorical: int, path: str | Path) -> None:

@@ -3,6 +3,8 @@ model and really does not run for one that fails the gate (kfp.local skips a bra
 cannot evaluate a condition, so both outcomes are asserted on what ran and what serves)."""
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -27,8 +29,13 @@ def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free
     try:
         first = run_local(args)
         assert set(first.tasks) == ALL_STEPS
-        version = first.output("train-op", "version")
         assert first.output("evaluate-op", "Output") is True
+        # three candidates trained and registered; the evaluate step chose one, and that one serves
+        trained = first.metadata("train-op", "model")["candidates"]
+        assert [c.split(" v")[0] for c in trained.split(", ")] == ["network", "lightgbm", "logistic"]
+        chosen = first.metadata("evaluate-op", "chosen")
+        version, family = chosen["version"], chosen["family"]
+        assert f"{family} v{version}" in trained
 
         # the served model answers over HTTP on loopback, and refuses a malformed request with a 400
         served = json.loads(record.read_text())
@@ -62,7 +69,17 @@ def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free
         mv = client.get_model_version("transactions_classifier", version)
         run = client.get_run(mv.run_id)
         pipeline_run = _ingest_run_id(first)
-        assert run.info.run_name == f"transactions · candidate v{version} · run {pipeline_run[:8]}"
+        assert run.info.run_name == f"transactions · candidate v{version} · run {pipeline_run[:8]} · {family}"
+        # the candidate's run is a child of the training run, which carries the same evaluation
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        assert parent.info.run_id == first.metadata("train-op", "model")["run_id"] and parent.data.tags["mlwf.gate"] == "passed"
+        assert parent.data.tags["mlwf.candidates"] == "network,lightgbm,logistic"
+        gate_json = json.loads(Path(client.download_artifacts(parent.info.run_id, "evaluation/gate.json", str(tmp_path))).read_text())
+        assert [r["family"] for r in gate_json["candidates"]] == ["network", "lightgbm", "logistic"]
+        assert sum(r["chosen"] for r in gate_json["candidates"]) == 1 and gate_json["selection"]
+        for other in client.search_model_versions("name = 'transactions_classifier'"):
+            if str(other.version) != version:
+                assert other.tags["mlwf.selection"] and other.tags["mlwf.family"] != family
         assert run.data.tags["mlwf.pipeline_run"] == pipeline_run
         assert run.data.tags["mlwf.pipeline_run_name"] == first.run_dir.name
         assert "mlwf.image" not in run.data.tags and "mlwf.pipeline_run_url" not in run.data.tags
@@ -75,14 +92,15 @@ def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free
         second = run_local({**args, "min_roc_auc": 1.01})
         assert set(second.tasks) == ALL_STEPS - {"deploy-op"}
         assert second.output("evaluate-op", "Output") is False
-        assert second.output("train-op", "version") == version  # idempotent: no duplicate version
-        assert len(client.search_model_versions("name = 'transactions_classifier'")) == 1
+        assert second.output("train-op", "version") == first.output("train-op", "version")  # idempotent
+        assert second.metadata("train-op", "model")["candidates"] == trained
+        assert len(client.search_model_versions("name = 'transactions_classifier'")) == 3  # no duplicate versions
         assert requests.post(served["predict_url"], json={"instances": [row]}, timeout=10).status_code == 200
+        # the run list is not silently green: the evaluate step's Markdown says FAIL and why (for the best candidate)
+        verdict = second.artifact("evaluate-op", "verdict").read_text()
+        version = re.match(r"# Gate FAIL: transactions_classifier v(\d+)\n", verdict).group(1)
         gate = client.get_model_version("transactions_classifier", version).tags["mlwf.gate_reasons"]
         assert "below the minimum 1.0100" in gate
-        # the run list is not silently green: the evaluate step's Markdown says FAIL and why
-        verdict = second.artifact("evaluate-op", "verdict").read_text()
-        assert verdict.startswith(f"# Gate FAIL: transactions_classifier v{version}\n")
         assert "the version is **not deployed**" in verdict and "below the minimum 1.0100" in verdict.split("## Checks")[0]
         assert "| FAIL | min_roc_auc |" in verdict
         # the version's description now carries this (second) evaluation, not the first one's verdict

@@ -89,7 +89,7 @@ def test_pipeline_run_tags_link_on_a_cluster_only(state_dir, monkeypatch):
 
 def test_description_keeps_the_training_line_and_the_latest_evaluation():
     registered = training_description("transactions", 0.91234, 7)
-    trained = "transactions: validation ROC-AUC 0.9123 (best epoch 7)."
+    trained = "transactions (network): validation ROC-AUC 0.9123 (best epoch 7)."
     assert registered.startswith(trained + "\n\nNot evaluated yet")
     failed = tracking.with_evaluation(registered, evaluation_summary(evaluation(METRICS), UUID))
     assert failed.startswith(trained + "\n\n**Gate: FAIL**") and "Not evaluated yet" not in failed
