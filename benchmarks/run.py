@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args(argv)
+    # As every pipeline step does before torch loads (components/core/threads.py): OpenMP waits passively.
+    from components.core.threads import passive_openmp
+
+    passive_openmp()
     names = [n for n in discover() if not args.only or n in args.only or n.removeprefix("bench_") in args.only]
     results: dict = {
         "mode": "quick" if args.quick else "full",

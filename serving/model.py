@@ -26,6 +26,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from components.core import bundle as bundle_lib
 from components.core import explain as explain_lib
 from components.core import storage
+from components.core.privacy import PrivacyRule, hash_values, rule_for
 from components.features.online import FeatureStoreUnavailable, OnlineFeatures, UnknownEntity
 from serving import binary
 from serving.explain import ExplainUnavailable, check_rows
@@ -76,6 +77,7 @@ class BundleModel(kserve.Model):
         self.schema = Schema((), ())
         self.online: OnlineFeatures | None = None
         self.sink: RequestLogSink | None = None
+        self.privacy: PrivacyRule | None = None
         self.stats: RequestMetrics | None = None
         self._version = ""
         self._threshold = 0.5
@@ -104,6 +106,7 @@ class BundleModel(kserve.Model):
         self.schema = Schema(tuple(bundle.numeric), tuple(bundle.categorical), self.online.entity if self.online is not None else None)
         self.stats = RequestMetrics(self.name, self._version)
         self._warm_up()
+        self.privacy = self._privacy_rule(bundle)
         if self.options.request_log_root:
             self.sink = RequestLogSink(
                 self.options.request_log_root,
@@ -112,6 +115,7 @@ class BundleModel(kserve.Model):
                 bundle.numeric,
                 self.options.request_log_sample_rate,
                 self.options.request_log_flush_s,
+                privacy=self.privacy,
             )
             self.sink.start()
         self.ready = True
@@ -136,6 +140,23 @@ class BundleModel(kserve.Model):
         except (bundle_lib.BundleError, explain_lib.ExplainError) as err:  # NoBackground is a BundleError
             self._no_explainer = str(err) if isinstance(err, bundle_lib.NoBackground) else f"this model cannot be explained: {err}"
             log.warning("explanations unavailable: %s", self._no_explainer)
+
+    def _privacy_rule(self, bundle: bundle_lib.Bundle) -> PrivacyRule | None:
+        """The dataset spec's personal-data rule (components/core/privacy.py): a personal entity key is logged and
+        looked up only as its keyed hash. A spec that cannot be read leaves none (the request log holds the bundle's
+        features, which may never be personal); a personal key without MLWF_PII_HASH_KEY stops the server."""
+        dataset = bundle.signature.get("lineage", {}).get("dataset")
+        if not dataset:
+            return None
+        from components.core.settings import get_settings
+        from components.core.spec import load_spec
+
+        try:
+            spec = load_spec(str(dataset))
+        except Exception as err:
+            log.warning("personal-data rule unavailable: cannot read dataset spec %r: %s", dataset, err)
+            return None
+        return rule_for(spec, get_settings().pii_hash_key)
 
     def _setup_online(self, bundle: bundle_lib.Bundle) -> None:
         lineage = bundle.signature.get("lineage", {})
@@ -245,6 +266,9 @@ class BundleModel(kserve.Model):
             raise RequestError("this model server has no online store configured: send feature values")
         assert batch.entities is not None
         keys = [str(batch.entities[i]) for i in batch.lookup_rows]
+        if self.privacy is not None and self.privacy.hashed and self.privacy.key is not None:
+            # the store holds a personal key as its keyed hash (hashed at ingest), never in clear
+            keys = [str(k) for k in hash_values(self.privacy.key, keys)]
         try:
             found = await asyncio.get_running_loop().run_in_executor(None, self.online.lookup, keys)
         except UnknownEntity as err:

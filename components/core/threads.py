@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,12 +99,25 @@ def cpu_budget(
     return max(1, min(limits))
 
 
+def passive_openmp() -> bool:
+    """Ask OpenMP to sleep, not spin, while its threads wait; True when that is in force for this process.
+
+    Measured on a shared 2-core machine (MLP training, batch 1,024, 2 threads, one core busy with a neighbour): the
+    default (spinning) ran at 27k-128k samples/s, OMP_WAIT_POLICY=PASSIVE at 510k-590k, and no slower when quiet
+    (shared/FACTS.md, "CPU threads": spinning workers wait for the descheduled one). libgomp reads the variable once,
+    when torch loads it, so this must run before the first `import torch`; a value the user set is kept."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
 def apply_torch_threads(n: int | None = None) -> int:
     """Size torch's pools to `n` (default: cpu_budget()); returns the intra-op thread count set.
 
     The inter-op pool can be sized only once per process and only before it has run work; after that torch raises,
     and the existing size is kept (it matters far less than the intra-op pool, which is always set).
     """
+    passive_openmp()
     import torch
 
     global _interop_set

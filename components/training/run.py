@@ -22,6 +22,7 @@ from components.core import storage, tracking
 from components.core.settings import get_settings
 from components.core.spec import DatasetSpec
 from components.training.card import model_card
+from components.training.pyfunc import write_mlflow_model
 from components.training.train import TrainParams, TrainResult, build_bundle, params_dict, train_model
 
 log = logging.getLogger(__name__)
@@ -335,7 +336,7 @@ def _train_candidate(ctx: _Context, family: str, fingerprint: str, model_dir: st
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "bundle"
         if family == "network" and (ctx.nodes > 1 or ctx.nproc > 1):
-            result, digest = _train_data_parallel(
+            result, _ = _train_data_parallel(
                 spec, ctx.train_path, params, lineage, staged, ctx.nodes, ctx.gpus_per_node, ctx.nproc, ctx.api_client
             )
             for row in result.history:  # the ranks do not talk to MLflow: their history is logged here
@@ -352,7 +353,11 @@ def _train_candidate(ctx: _Context, family: str, fingerprint: str, model_dir: st
 
                 program, vocab, result, extra = train_logistic_family(ctx.train, numeric, categorical, params)
             card = model_card(spec, ctx.name, lineage, result, ctx.train)
-            digest = build_bundle(staged, program, vocab, result, ctx.train, numeric, categorical, lineage, card)
+            build_bundle(staged, program, vocab, result, ctx.train, numeric, categorical, lineage, card)
+        # Every bundle is also an MLflow Model (pyfunc), so models:/<name>@champion loads in MLflow as it serves;
+        # its files join the manifest, so the digest is read after.
+        write_mlflow_model(staged, ctx.train)
+        digest = bundle_lib.bundle_digest(staged)
         mlflow.log_metrics(
             {
                 "best_epoch": result.best_epoch,

@@ -80,3 +80,26 @@ def test_apply_torch_threads(monkeypatch, restore_torch_threads):
     assert torch.get_num_threads() == 2
     # The inter-op pool is sized at most once per process; a second call does not raise.
     assert threads.apply_torch_threads(1) == 1
+
+
+def test_openmp_waits_passively_unless_the_user_chose(tmp_path):
+    """Set before torch loads libgomp (a fresh process, as every step is): spinning waiters collapse with a busy
+    neighbour (components/core/threads.py:passive_openmp); a value the user exported is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from components.core.threads import apply_torch_threads\n"
+        "apply_torch_threads(1)\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["PASSIVE", "True"], out.stderr[-2000:]
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["ACTIVE", "True"], out.stderr[-2000:]
