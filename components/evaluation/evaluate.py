@@ -60,6 +60,8 @@ class Evaluation:
     data: dict[str, Any] = field(default_factory=dict)  # the test set: rows, positives, time range
     lineage: dict[str, Any] = field(default_factory=dict)  # the bundle's lineage and digest
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate of the run (selection.py)
+    fairness: dict[str, Any] | None = None  # the bias audit over the spec's sensitive attributes (governance.py)
+    attributions: dict[str, float] = field(default_factory=dict)  # mean |attribution| per feature (chosen model)
     selection: str = ""  # why this candidate was chosen, or why none was
 
     def summary(self) -> dict[str, Any]:
@@ -78,6 +80,8 @@ class Evaluation:
             "data": self.data,
             "lineage": self.lineage,
             "candidates": self.candidates,
+            "fairness": self.fairness,
+            "attributions": self.attributions,
             "selection": self.selection,
             "policy": {**self.policy.as_dict(), "sha256": self.policy.fingerprint()},
         }
@@ -340,6 +344,7 @@ def evaluate(
     train: pd.DataFrame | None = None,
     client: Any = None,
     refs: References | None = None,
+    sensitive: Sequence[str] = (),
 ) -> Evaluation:
     """Score the candidate bundle on `test` and judge it by `policy` (and the registry's champion, when there is one).
 
@@ -398,6 +403,10 @@ def evaluate(
     )
 
     ev.checks = checks(metrics, policy, ev.champion, ev.slice_gaps, ev.baseline)
+    if sensitive:
+        from components.evaluation.governance import add_bias_audit
+
+        add_bias_audit(ev, test, p, candidate.threshold, train, sensitive)
     # The threshold is chosen at training time; a bundle whose threshold answers another objective than the
     # policy's (F1 vs a cost matrix) would be judged, and would decide, on the wrong trade-off.
     wanted = "f1" if policy.costs is None else policy.costs

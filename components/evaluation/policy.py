@@ -25,6 +25,7 @@ from components.core.candidates import check_families
 HIGHER_IS_BETTER = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")
 LOWER_IS_BETTER = ("ece", "brier", "fpr")
 BASELINE_KINDS = ("logistic_regression", "hist_gradient_boosting")
+FAIRNESS_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
 POLICY_SUFFIX = ".policy.yaml"
 UNSET = -1.0  # pipeline parameters cannot be None under kfp.local: a negative override means "use the file"
 
@@ -63,6 +64,10 @@ class GatePolicy:
     # The model families the train step tries; the evaluate step deploys the best that passes every check, the
     # cheaper one when its lead is within noise (components/evaluation/selection.py).
     candidates: tuple[str, ...] = ("network", "lightgbm", "logistic")
+    # The bias audit over the spec's sensitive attributes (components/evaluation/fairness.py): groups with fewer
+    # test rows are reported, not gated; bounds on demographic_parity_difference / equalized_odds_difference gate.
+    fairness_min_rows: int = 200
+    fairness_bounds: dict[str, float] = field(default_factory=dict)
     version: int = 0
     dataset: str | None = None
     source: str = "defaults"  # where the policy came from (file, plus the overrides applied)
@@ -88,6 +93,7 @@ _TOP = {
     "importance",
     "decision",
     "candidates",
+    "fairness",
 }
 COST_KEYS = ("fp", "fn", "tp", "tn")
 
@@ -131,6 +137,7 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
     champion = _keys("champion", top.get("champion"), {"max_regression"})
     baseline = _keys("baseline", top.get("baseline"), {"kind", "max_regression"})
     importance = _keys("importance", top.get("importance"), {"repeats", "rows"})
+    fairness = _keys("fairness", top.get("fairness"), {"min_group_rows", "max"})
     attributes = slices.get("attributes") or []
     if not isinstance(attributes, list) or not all(isinstance(a, str) and a for a in attributes):
         raise PolicyError("slices.attributes: expected a list of column names")
@@ -172,6 +179,8 @@ def parse_policy(data: Any, source: str = "inline") -> GatePolicy:
         importance_repeats=int(_number("importance.repeats", importance.get("repeats", 3))),
         importance_rows=int(_number("importance.rows", importance.get("rows", 5000), 1)),
         candidates=candidates,
+        fairness_min_rows=int(_number("fairness.min_group_rows", fairness.get("min_group_rows", 200), 1)),
+        fairness_bounds=_metric_map("fairness.max", fairness.get("max"), FAIRNESS_METRICS),
         version=version,
         dataset=None if top.get("dataset") is None else str(top["dataset"]),
         source=source,

@@ -240,6 +240,17 @@ def _calibration_table(ev: Evaluation) -> Html:
     )
 
 
+def _bias(ev: Evaluation) -> Html:
+    from components.evaluation.fairness import bias_section_html
+
+    if not ev.fairness:
+        return tag("p", "The dataset spec names no sensitive attribute present in the test rows: no bias audit.")
+    checks = [
+        (c.name.removeprefix("bias."), c.passed, c.value, float(c.limit or 0), c.message) for c in ev.checks if c.name.startswith("bias.")
+    ]
+    return Html(bias_section_html(ev.fairness, checks))
+
+
 def report_html(ev: Evaluation, model_name: str, version: str) -> str:
     verdict = "PASS" if ev.passed else "FAIL"
     reasons = tag("ul", join(tag("li", r) for r in ev.reasons)) if ev.reasons else tag("p", "Every check passed.")
@@ -358,7 +369,9 @@ def report_html(ev: Evaluation, model_name: str, version: str) -> str:
         _trade_png(ev),
         tag("h2", "Curves"),
         curves,
-        tag("h2", "Slices (bias audit)"),
+        tag("h2", "Bias audit"),
+        _bias(ev),
+        tag("h2", "Slices"),
         tag(
             "p",
             f"Slices with fewer than {policy.slices.min_rows} rows or {policy.slices.min_positives} of either class "
@@ -367,6 +380,10 @@ def report_html(ev: Evaluation, model_name: str, version: str) -> str:
         *slices,
         tag("h2", "Feature importance"),
         importance,
+        tag("h3", "Mean |attribution| (the method of the model server's :explain)"),
+        table(["feature", "mean |attribution|"], [[k, f"{v:.5f}"] for k, v in ev.attributions.items()], numeric=[1])
+        if ev.attributions
+        else tag("p", "Not computed (see the notes)."),
         tag("h2", "Lineage"),
         key_values(ev.lineage),
     )
@@ -405,6 +422,10 @@ def card_section(ev: Evaluation, model_name: str, version: str) -> str:
             f"{_fmt(r['recall'], '{:.3f}')} | {_fmt(r['fpr'], '{:.3f}')} | {'yes' if r['gated'] else 'no'} |"
             for r in ev.slices
         ]
+    if ev.fairness:
+        from components.evaluation.governance import summary_lines
+
+        lines += ["", "### Bias audit", "", *summary_lines(ev)]
     limits = list(ev.notes)
     if math.isfinite(ev.metrics.get("ece", float("nan"))) and ev.metrics["ece"] > 0.1:
         limits.append(

@@ -54,6 +54,7 @@ def evaluate_step(
     from components.core.settings import get_settings
     from components.core.spec import load_spec
     from components.evaluation.evaluate import evaluate, references, score
+    from components.evaluation.governance import add_attributions
     from components.evaluation.policy import policy_for_run
     from components.evaluation.report import full_card, report_html
     from components.evaluation.selection import Contender, choose, program_size
@@ -78,7 +79,9 @@ def evaluate_step(
         if candidate.refused or not candidate.version and len(candidates) > 1:
             contenders.append(Contender(candidate, None, None, refused=candidate.refused or "not registered"))
             continue
-        scored = evaluate(candidate.path, test, policy, model_name, candidate.version, train=train, client=client, refs=refs)
+        scored = evaluate(
+            candidate.path, test, policy, model_name, candidate.version, train=train, client=client, refs=refs, sensitive=spec.sensitive
+        )
         probabilities = score(bundle_lib.load(candidate.path), test)
         contenders.append(Contender(candidate, scored, probabilities, program_size(candidate.path)))
     selection = choose(contenders, test["label"].to_numpy(dtype=int))
@@ -95,6 +98,7 @@ def evaluate_step(
             ev.passed = False
             ev.reasons = [f"{c.family}: {r}" for c in contenders for r in (c.evaluation.reasons if c.evaluation else [c.refused])]
     log.info("evaluate: %s", selection.why)
+    add_attributions(ev, primary.candidate.path, test)
     scalars = dict(ev.metrics)
     scalars.update({f"baseline.{k}": v for k, v in (ev.baseline or {}).items() if isinstance(v, float)})
     scalars.update({f"champion.{k}": v for k, v in (ev.champion or {}).items() if isinstance(v, float) and k != "threshold"})

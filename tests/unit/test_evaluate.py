@@ -229,6 +229,30 @@ def test_report_and_model_card_read_the_same_verdict(bundles, data):
     assert "## Evaluation (gate: FAIL)" in card and "| country | C |" in card and "**FAIL**: roc_auc gap" in card
 
 
+def test_the_bias_audit_gates_like_any_check_and_the_report_shows_it(bundles, data):
+    """A model that scores one country at random: its equalized-odds difference is large, and a bound refuses it;
+    the good model's passes the same bound. The audit and the chosen model's attributions reach report and card."""
+    from components.evaluation.governance import add_attributions
+
+    train, test = data
+    policy = replace(RELAXED, fairness_min_rows=100, fairness_bounds={"equalized_odds_difference": 0.2})
+    good = evaluate(bundles["good"], test, policy, None, None, train=train, sensitive=["country", "region"])
+    biased = evaluate(bundles["biased"], test, policy, None, None, train=train, sensitive=["country"])
+    check = next(c for c in good.checks if c.name == "bias.equalized_odds_difference[country]")
+    assert check.passed and check.limit == 0.2 and good.passed, good.reasons
+    assert any("do not carry the sensitive attribute(s) ['region']" in n for n in good.notes)
+    bad = next(c for c in biased.checks if c.name == "bias.equalized_odds_difference[country]")
+    assert not bad.passed and bad.value > 0.2 and not biased.passed
+    groups = biased.fairness["attributes"]["country"]["groups"]
+    assert {"A", "B", "C", "D"} <= {g["group"] if isinstance(g, dict) else g for g in groups}
+    add_attributions(good, bundles["good"], test, rows=40)
+    assert next(iter(good.attributions)) == "x1"  # the signal, first; x2 carries none
+    page = report_html(biased, "synth", "8")
+    assert "<h2>Bias audit</h2>" in page and "equalized" in page
+    card = full_card(TRAINING_CARD, good, "synth", "7")
+    assert "### Bias audit" in card and "- country: demographic-parity difference" in card
+
+
 # --- the champion and the registry (a real MLflow on SQLite in a temporary directory) -------------------
 
 
