@@ -11,6 +11,7 @@ mlwf drift-demo        replay drifted traffic to the served champion, detect the
 mlwf schedule   create a recurring monitoring run on Kubeflow Pipelines (cron)
 mlwf suite --dataset SPEC   write/update the validation suite beside the spec (SPEC.suite.json)
 mlwf lineage DATASET|MODEL/VERSION   input files, suite, code and run behind a dataset or model version
+mlwf readiness NAME@ALIAS   the production-readiness report of a model version (exit 1: a blocking item failed)
 """
 
 from __future__ import annotations
@@ -241,6 +242,33 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_readiness(args: argparse.Namespace) -> int:
+    """Write the readiness report (Markdown, HTML, JSON) of a model version; 1 when a blocking item fails."""
+    from components.core.spec import SpecError
+    from components.governance.readiness import ReadinessError
+    from components.governance.report import run_readiness
+
+    schedules = None
+    if args.kfp_host:  # a drift schedule on the cluster counts as monitoring in place
+
+        def schedules() -> list[str]:
+            runs = kfp_client(args.kfp_host, args.namespace).list_recurring_runs(page_size=100, namespace=args.namespace)
+            enabled = [r for r in runs.recurring_runs or [] if str(r.status) == "ENABLED"]
+            return [f"{r.display_name} ({getattr(getattr(r.trigger, 'cron_schedule', None), 'cron', 'periodic')})" for r in enabled]
+
+    try:
+        written = run_readiness(args.ref, args.out, args.policy, args.dataset, schedules)
+    except (ReadinessError, SpecError) as err:
+        return fail(str(err))
+    a = written.assessment
+    for r in a.items:
+        print(f"{r.status:<5} {r.severity:<9} {r.item:<15} {r.detail}")
+    verdict = "READY" if a.ready else "NOT READY: blocking " + ", ".join(r.item for r in a.blocking_failures)
+    print(f"{a.model} v{a.version}: {verdict}")
+    print("report: " + ", ".join(written.files.values()))
+    return 0 if a.ready else 1
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default. An option whose help already says what its default means
     (a computed path, "the policy file's value") keeps that wording; a flag's default is "off"."""
@@ -392,6 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--row", help="an entity key: the file and line its row(s) came from (default: none)")
     lin.add_argument("--json", action="store_true", help="the whole record as JSON")
     lin.set_defaults(func=cmd_lineage)
+
+    ready = command("readiness", "production-readiness report of a model version; exits 1 when a blocking item fails")
+    ready.add_argument("ref", help="a model version: NAME@ALIAS (e.g. transactions_classifier@champion), NAME/VERSION or models:/...")
+    ready.add_argument("--out", default="readiness", help="directory of readiness.md, readiness.html and readiness.json")
+    ready.add_argument(
+        "--policy", default="", help="readiness policy YAML (default: the bundled components/datasets/readiness.policy.yaml)"
+    )
+    ready.add_argument("--dataset", default="", help="dataset spec (default: the one the version's run names)")
+    ready.add_argument("--kfp-host", default="", help="KFP API endpoint whose recurring runs count as a drift schedule (default: none)")
+    ready.add_argument("--namespace", default="mlwf", help="Kubernetes namespace of the recurring runs")
+    ready.set_defaults(func=cmd_readiness)
     return parser
 
 

@@ -189,6 +189,17 @@ def deploy_op(model: Input[Model], test_set: Input[Dataset], model_name: str, ve
     return deploy_step(model, test_set, model_name, version, deployment)
 
 
+@_component
+def readiness_op(model_name: str, version: str, chosen: Input[Model], report: Output[HTML], summary: Output[Markdown]) -> bool:
+    """The production-readiness report of the version the evaluate step chose (the `chosen` bundle's metadata names
+    it, else `version`): every checklist item with its evidence, as HTML (shown in the Kubeflow UI) and Markdown, also
+    logged to the version's MLflow run beside the evaluation report it links to. Returns whether no blocking item
+    failed; it records and does not fail the run (`mlwf readiness NAME@ALIAS` is the form that exits non-zero)."""
+    from components.governance.step import readiness_step
+
+    return readiness_step(model_name, version, chosen, report, summary)
+
+
 # ---------------------------------------------------------------- the monitoring pipeline's steps
 
 

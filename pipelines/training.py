@@ -1,4 +1,4 @@
-"""The training pipeline: ingest -> validate -> features -> train -> evaluate -> dsl.If(gate) -> deploy.
+"""The training pipeline: ingest -> validate -> features -> train -> evaluate -> dsl.If(gate) -> deploy -> readiness.
 
 The same definition runs under kfp.local on a laptop and compiles to the package a Kubeflow cluster
 runs. Cluster-only wiring (settings from a ConfigMap, credentials from Secrets, the GPU request,
@@ -12,7 +12,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from pipelines.ops import deploy_op, evaluate_op, features_op, ingest_op, train_op, validate_op
+from pipelines.ops import deploy_op, evaluate_op, features_op, ingest_op, readiness_op, train_op, validate_op
 
 PIPELINE_NAME = "mlwf-training"
 SETTINGS_CONFIG_MAP = "mlwf-settings"
@@ -200,3 +200,10 @@ def training_pipeline(
             retries=1,
         )
         deploy.set_display_name("deploy").set_caching_options(False).set_cpu_limit("1").set_memory_limit("2G")
+        # The checklist of what now serves, after deploy: it reads the champion the deploy step set, the monitoring
+        # and the images. Never cached: the evidence (monitor runs, aliases) changes under the same inputs.
+        readiness = cluster_wiring(
+            readiness_op(model_name=train.outputs["model_name"], version=train.outputs["version"], chosen=evaluate.outputs["chosen"])
+        )
+        readiness.after(deploy)
+        readiness.set_display_name("readiness").set_caching_options(False).set_cpu_limit("1").set_memory_limit("2G")

@@ -34,7 +34,7 @@ def test_every_step_is_a_task(compiled):
     root = spec.root.dag.tasks
     assert set(root) == {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op", "condition-1"}
     branch = spec.components[root["condition-1"].component_ref.name].dag.tasks
-    assert set(branch) == {"deploy-op"}
+    assert set(branch) == {"deploy-op", "readiness-op"}
 
 
 def test_deploy_is_gated_on_the_evaluation_output(compiled):

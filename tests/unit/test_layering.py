@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("components", "pipelines", "serving")
-STAGES = ("data", "features", "training", "evaluation", "deployment", "monitoring")
+STAGES = ("data", "features", "training", "evaluation", "deployment", "monitoring", "governance")
 MAX_LINES = 450
 
 

@@ -1,0 +1,1 @@
+"""Governance: the production-readiness report of a registered model version (readiness, evidence, report, step)."""
