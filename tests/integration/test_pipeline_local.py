@@ -17,7 +17,7 @@ from pipelines.local import run_local
 from tests.conftest import make_csv
 
 pytestmark = pytest.mark.integration
-ALL_STEPS = {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op", "deploy-op"}
+ALL_STEPS = {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op", "deploy-op", "readiness-op"}
 
 
 def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free_port, monkeypatch):
@@ -90,7 +90,7 @@ def test_good_model_is_deployed_and_a_gated_one_is_not(tmp_path, state_dir, free
 
         # the same inputs again, with a gate no model can pass: training is reused, deploy must not run
         second = run_local({**args, "min_roc_auc": 1.01})
-        assert set(second.tasks) == ALL_STEPS - {"deploy-op"}
+        assert set(second.tasks) == ALL_STEPS - {"deploy-op", "readiness-op"}  # the gated branch: deploy, then readiness
         assert second.output("evaluate-op", "Output") is False
         assert second.output("train-op", "version") == first.output("train-op", "version")  # idempotent
         assert second.metadata("train-op", "model")["candidates"] == trained
