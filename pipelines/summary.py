@@ -115,18 +115,18 @@ def _gate_record(run: Any, client: Any) -> dict[str, Any]:
 def _gate_lines(gate: dict[str, Any], version: str, max_reasons: int = 8) -> list[str]:
     def row(label: str, values: dict[str, Any] | None, note: str = "") -> str:
         if not values:
-            return f"  {label:<16}{'-':>9}{'-':>9}{'-':>9}{'-':>9}  {note}".rstrip()
+            return f"  {label:<24}{'-':>9}{'-':>9}{'-':>9}{'-':>9}  {note}".rstrip()
         cells = "".join(
             f"{float(values[k]):9.4f}" if isinstance(values.get(k), (int, float)) else f"{'-':>9}"
             for k in ("roc_auc", "pr_auc", "brier", "ece")
         )
-        return f"  {label:<16}{cells}  {note}".rstrip()
+        return f"  {label:<24}{cells}  {note}".rstrip()
 
     policy = gate.get("policy") or {}
     champion = gate.get("champion")
     lines = [
         f"Gate: {'PASSED' if gate['passed'] else 'FAILED'} (policy version {policy.get('version', '?')})",
-        f"  {'':<16}{'ROC-AUC':>9}{'PR-AUC':>9}{'Brier':>9}{'ECE':>9}",
+        f"  {'':<24}{'ROC-AUC':>9}{'PR-AUC':>9}{'Brier':>9}{'ECE':>9}",
         row(f"model v{version}", gate.get("metrics")),
         row("baseline", gate.get("baseline"), str((gate.get("baseline") or {}).get("kind", ""))),
         row(

@@ -134,12 +134,14 @@ def configure(args: argparse.Namespace) -> None:
 
 def load_model(args: argparse.Namespace, model_dir: str, exit_code: int = 1) -> BundleModel:
     """The loaded, verified model, with this process set up to serve it; exits `exit_code` if it cannot load."""
-    import torch
-
     from components.core import bundle as bundle_lib
+    from components.core.threads import apply_torch_threads, cpu_budget
     from serving.model import BundleModel, ServingOptions
 
-    torch.set_num_threads(max(args.torch_threads, 1))
+    # Never more threads than this process's share of the pod's CPUs (cgroup quota and affinity, split over the
+    # workers): more would spin against each other (shared/FACTS.md, "CPU threads"). OpenMP waits passively.
+    share = max(1, cpu_budget() // max(getattr(args, "workers", 1) or 1, 1))
+    apply_torch_threads(min(max(args.torch_threads, 1), share))
     # The request-log thread serialises rows in bursts; a 1 ms switch interval (default 5 ms) bounds how long
     # the event loop can wait for the GIL behind it.
     sys.setswitchinterval(0.001)

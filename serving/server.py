@@ -177,7 +177,14 @@ class BundleModelServer(ModelServer):
         workers = self.max_asyncio_workers or min(32, (os.cpu_count() or 1) + 4)
         loop.set_default_executor(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"))
         loop.set_exception_handler(self.default_exception_handler)
-        await asyncio.gather(*self.servers)
+        tasks = [asyncio.ensure_future(server) for server in self.servers]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if pending and getattr(self._rest_multiprocess_server, "failure", None):
+            # The REST workers stopped on their own (a worker cannot load the bundle): gRPC must not keep the
+            # process alive and half-serving; it stops too, and the process exits with the failure.
+            if self._grpc_server is not None:
+                await self._grpc_server.stop()
+        await asyncio.gather(*tasks)
 
 
 def _loop_factory(event_loop: str) -> Any:

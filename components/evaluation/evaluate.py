@@ -24,7 +24,7 @@ from components.core.settings import get_settings
 from components.core.spec import EVENT_TIMESTAMP, LABEL
 from components.core.stats import calibration_bins, expected_calibration_error  # noqa: F401  (callers read them from here too)
 from components.evaluation.latency import per_row_latency_ms
-from components.evaluation.metrics import classification_metrics
+from components.evaluation.metrics import classification_metrics, curves  # noqa: F401  (callers read curves from here too)
 from components.evaluation.policy import HIGHER_IS_BETTER, GatePolicy  # GatePolicy: callers read it from here too
 from components.evaluation.slices import slice_gaps, slice_table
 
@@ -404,9 +404,7 @@ def evaluate(
 
     ev.checks = checks(metrics, policy, ev.champion, ev.slice_gaps, ev.baseline)
     if sensitive:
-        from components.evaluation.governance import add_bias_audit
-
-        add_bias_audit(ev, test, p, candidate.threshold, train, sensitive)
+        _bias_audit(ev, test, p, candidate.threshold, train, sensitive)
     # The threshold is chosen at training time; a bundle whose threshold answers another objective than the
     # policy's (F1 vs a cost matrix) would be judged, and would decide, on the wrong trade-off.
     wanted = "f1" if policy.costs is None else policy.costs
@@ -426,25 +424,24 @@ def evaluate(
     return ev
 
 
-def curves(y: np.ndarray, p: np.ndarray, threshold: float, max_points: int = 200) -> dict[str, Any]:
-    from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
+def _bias_audit(
+    ev: Evaluation, test: pd.DataFrame, scores: np.ndarray, threshold: float, train: pd.DataFrame | None, sensitive: Sequence[str]
+) -> None:
+    """The bias audit (fairness.py, fairlearn's rates) on the sensitive attributes present in `test`, and one gate
+    check per bound of the policy: a bound on the demographic-parity or equalized-odds difference refuses a
+    candidate like any other check."""
+    from components.evaluation.fairness import bias_audit, bias_checks
 
-    if len(np.unique(y)) < 2:
-        return {}
-    fpr, tpr, thr = roc_curve(y, p)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).astype(int))
-    precision, recall, _ = precision_recall_curve(y, p)
-    step = max(1, len(precision) // max_points)
-    pred = (p >= threshold).astype(int)
-    matrix = confusion_matrix(y, pred, labels=[0, 1])
-    bins = calibration_bins(y, p)
-    return {
-        "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(thr[keep], 0, 1).tolist()},
-        "pr": {"precision": precision[::step].tolist(), "recall": recall[::step].tolist()},
-        "threshold": float(threshold),  # the confusion matrix is at this score (a score >= it is called positive)
-        "confusion": matrix.tolist(),  # [[TN, FP], [FN, TP]]: rows actual 0/1, columns predicted 0/1
-        "calibration": {
-            k: [b[key] for b in bins]
-            for k, key in (("true", "observed"), ("predicted", "predicted"), ("rows", "rows"), ("lower", "lower"), ("upper", "upper"))
-        },
-    }
+    present = [a for a in sensitive if a in test.columns]
+    absent = [a for a in sensitive if a not in test.columns]
+    if absent:
+        ev.notes.append(f"bias audit: the test rows do not carry the sensitive attribute(s) {absent}, so they were not audited")
+    if not present:
+        return
+    reference = train if train is not None and all(a in train.columns for a in present) else test
+    ev.fairness = bias_audit(test.reset_index(drop=True), scores, threshold, present, reference, ev.policy.fairness_min_rows)
+    for name, ok, value, limit, detail in bias_checks(ev.fairness, ev.policy.fairness_bounds):
+        shown = "not judged" if value is None else f"{value:.4f}"
+        ev.checks.append(
+            Check(f"bias.{name}", ok, value, limit, f"{name} {shown} {'within' if ok else 'above'} the maximum {limit:.4f} ({detail})")
+        )

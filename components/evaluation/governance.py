@@ -1,8 +1,5 @@
-"""What the gate adds for governance: the bias audit as gate checks, and the chosen model's global attributions.
-
-The bias audit (components/evaluation/fairness.py, fairlearn's rates) runs for every candidate on the spec's
-sensitive attributes, so a policy bound on the demographic-parity or equalized-odds difference refuses a candidate
-like any other check. Global attributions come from the method the model server's `:explain` uses
+"""What the evaluate step adds for governance after choosing: the chosen model's global attributions, and the
+model card's lines on the bias audit (which evaluate.py runs for every candidate as gate checks). Global attributions come from the method the model server's `:explain` uses
 (components/core/explain.py): the report's global picture and a single explanation agree. They cost ~200 program
 calls per row and feature, so only the chosen candidate is explained, on a sample of the test rows.
 """
@@ -10,38 +7,16 @@ calls per row and feature, so only the chosen candidate is explained, on a sampl
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from components.core import bundle as bundle_lib
-from components.evaluation.evaluate import Check, Evaluation
+from components.evaluation.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTION_ROWS = 200  # test rows explained for the global picture (mean |attribution| settles well before)
-
-
-def add_bias_audit(
-    ev: Evaluation, test: pd.DataFrame, scores: np.ndarray, threshold: float, train: pd.DataFrame | None, sensitive: Sequence[str]
-) -> None:
-    """Audit `scores` on the sensitive attributes present in `test`; append one gate check per policy bound."""
-    from components.evaluation.fairness import bias_audit, bias_checks
-
-    present = [a for a in sensitive if a in test.columns]
-    absent = [a for a in sensitive if a not in test.columns]
-    if absent:
-        ev.notes.append(f"bias audit: the test rows do not carry the sensitive attribute(s) {absent}, so they were not audited")
-    if not present:
-        return
-    reference = train if train is not None and all(a in train.columns for a in present) else test
-    ev.fairness = bias_audit(test.reset_index(drop=True), scores, threshold, present, reference, ev.policy.fairness_min_rows)
-    for name, ok, value, limit, detail in bias_checks(ev.fairness, ev.policy.fairness_bounds):
-        shown = "not judged" if value is None else f"{value:.4f}"
-        verb = "within" if ok else "above"
-        ev.checks.append(Check(f"bias.{name}", ok, value, limit, f"{name} {shown} {verb} the maximum {limit:.4f} ({detail})"))
 
 
 def add_attributions(ev: Evaluation, bundle_dir: str, test: pd.DataFrame, rows: int = ATTRIBUTION_ROWS) -> None:

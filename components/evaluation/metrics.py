@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from components.core.stats import expected_calibration_error
+from components.core.stats import calibration_bins, expected_calibration_error
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
@@ -34,3 +34,27 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
 
 def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def curves(y: np.ndarray, p: np.ndarray, threshold: float, max_points: int = 200) -> dict[str, Any]:
+    from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
+
+    if len(np.unique(y)) < 2:
+        return {}
+    fpr, tpr, thr = roc_curve(y, p)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).astype(int))
+    precision, recall, _ = precision_recall_curve(y, p)
+    step = max(1, len(precision) // max_points)
+    pred = (p >= threshold).astype(int)
+    matrix = confusion_matrix(y, pred, labels=[0, 1])
+    bins = calibration_bins(y, p)
+    return {
+        "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": np.clip(thr[keep], 0, 1).tolist()},
+        "pr": {"precision": precision[::step].tolist(), "recall": recall[::step].tolist()},
+        "threshold": float(threshold),  # the confusion matrix is at this score (a score >= it is called positive)
+        "confusion": matrix.tolist(),  # [[TN, FP], [FN, TP]]: rows actual 0/1, columns predicted 0/1
+        "calibration": {
+            k: [b[key] for b in bins]
+            for k, key in (("true", "observed"), ("predicted", "predicted"), ("rows", "rows"), ("lower", "lower"), ("upper", "upper"))
+        },
+    }

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,14 +42,9 @@ def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tm
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-    # The demo policy's baseline bar (not worse than logistic regression by 0.005 ROC-AUC) is for make demo's 20,000
-    # rows; at this test's 8,000 rows and 12 epochs the network trails the baseline by ~0.03 and is rightly refused.
-    # This test is about the flows (drift, retrain, canary, rollback), so it runs them under a looser baseline bar.
-    policy = tmp_path / "flows.policy.yaml"
-    bundled = yaml.safe_load((ROOT / "components" / "datasets" / "transactions.policy.yaml").read_text())
-    bundled["baseline"]["max_regression"] = {"roc_auc": 0.1, "brier": 0.01}
-    policy.write_text(yaml.safe_dump(bundled))
-    gate = [*GATE, "--gate-policy", str(policy)]
+    # The bundled policy as make demo runs it: at this test's 8,000 rows the network alone trailed the logistic
+    # baseline by ~0.03 and was refused; the candidates (logistic regression and trees among them) now compete.
+    gate = list(GATE)
     try:
         demo = mlwf(env, "demo", "--rows", "8000", "--epochs", "12", *gate)
         assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
@@ -117,7 +111,7 @@ def assert_a_console_a_person_reads(demo: subprocess.CompletedProcess[str], env:
         assert len(found) == 1 and re.search(r"\d+\.\d s  \S", found[0]), demo.stdout
     assert "validation ROC-AUC" in next(line for line in lines if line.startswith("[4/6] train"))
     assert re.search(r"^Gate: PASSED", demo.stdout, re.M) and re.search(r"^ +ROC-AUC +PR-AUC +Brier +ECE$", demo.stdout, re.M)
-    assert re.search(r"^  model v1 +0\.\d{4} +0\.\d{4} +0\.\d{4} +0\.\d{4}", demo.stdout, re.M)
+    assert re.search(r"^  model v\d+ \((network|lightgbm|logistic)\) +0\.\d{4} +0\.\d{4} +0\.\d{4} +0\.\d{4}", demo.stdout, re.M)
     assert re.search(r"^  baseline +0\.\d{4}", demo.stdout, re.M)
     quarantine = re.search(r"^Quarantined rows: +(\d+) of 8,000 in (\S+\.parquet)", demo.stdout, re.M)
     assert quarantine and int(quarantine.group(1)) > 0 and Path(quarantine.group(2)).exists()

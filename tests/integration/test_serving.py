@@ -789,6 +789,35 @@ def test_two_workers_count_and_log_every_request_once(served: Served, tmp_path: 
     assert len(mine) == n and mine["request_id"].nunique() == n, "every request logged once, none lost or doubled"
 
 
+def test_a_worker_that_cannot_load_the_bundle_stops_the_server_instead_of_restarting_forever(served: Served, tmp_path: Path) -> None:
+    """--workers 2: a worker that dies is replaced; a replacement that cannot load the bundle (here: the file was
+    corrupted on disk after start-up) would fail the same way forever, so the server stops, saying why."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(served.bundle_dir, bundle)
+    log_path = tmp_path / "workers.log"
+    process, url, _ = _start(bundle, served.state, tmp_path / "logs", log_path, "--workers", "2", "--entity_lookup", "off")
+    try:
+        _wait_ready(process, url, log_path)
+        deadline = time.monotonic() + 120
+        while log_path.read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        workers = [int(m) for m in __import__("re").findall(r'"message": "worker started", "pid": (\d+)', log_path.read_text())]
+        assert len(workers) == 2, log_path.read_text()[-2000:]
+        program = bundle / "model.pt2"
+        program.write_bytes(program.read_bytes()[:-16] + b"\0" * 16)  # same size, different digest
+        os.kill(workers[0], signal.SIGKILL)
+        code = process.wait(240)
+    finally:
+        if process.poll() is None:
+            _stop(process)
+    text = log_path.read_text()
+    assert code != 0 and "a worker could not load the model bundle" in text, text[-3000:]
+    assert text.count('"message": "worker started"') <= 3, "the failing worker was restarted more than once"
+
+
 def test_sigterm_stops_the_server_cleanly_with_its_last_requests_logged(served: Served) -> None:
     """Runs last: it stops the module's server."""
     since = datetime.now(UTC) - timedelta(seconds=1)
