@@ -5,10 +5,11 @@ Why: a model's scores can rank well and still be wrong as probabilities (class w
 shared/FACTS.md measured ECE 0.114 -> 0.003 with isotonic). The calibration map becomes part of the exported
 program (`Calibrated(program, calibrator)`), so serving and evaluation see the same probabilities.
 
-Method rule: isotonic regression (a monotone step fit, interpolated linearly as scikit-learn predicts it) needs
-enough examples of BOTH classes to place its steps; with fewer than PLATT_MIN_CLASS_COUNT (50) positives or
-negatives in the held-out set its steps follow single examples, so Platt scaling (two parameters: an affine map on
-the logit, fitted with Platt's smoothed targets) is used instead.
+Method rule: Platt scaling (two parameters: an affine map on the logit, fitted with Platt's smoothed targets) unless
+isotonic regression (a monotone step fit, interpolated linearly as scikit-learn predicts it) is clearly better out
+of fold (`cross_validated_brier`): isotonic needs enough examples of BOTH classes to place its steps (with fewer
+than PLATT_MIN_CLASS_COUNT (50) positives or negatives they follow single examples), and even then its steps tie
+scores, which costs ranking, so it is chosen only where the scores are bent in a way an affine logit map cannot fix.
 """
 
 from __future__ import annotations
@@ -167,7 +168,14 @@ def fit_calibrator(scores: Any, labels: Any, method: str = "auto") -> Calibratio
         if few < PLATT_MIN_CLASS_COUNT:
             method, reason = "platt", f"{few} examples of the rarer class < {PLATT_MIN_CLASS_COUNT}"
         else:
-            method, reason = "isotonic", f"{few} examples of the rarer class >= {PLATT_MIN_CLASS_COUNT}"
+            iso, platt, se = cross_validated_brier(p, y)
+            # isotonic only when it is better beyond noise: its lead over Platt exceeds two standard errors
+            if platt - iso > 2 * se:
+                method = "isotonic"
+                reason = f"cross-validated Brier on the tail {iso:.5f} beats Platt's {platt:.5f} by more than 2 SE ({se:.5f})"
+            else:
+                method = "platt"
+                reason = f"isotonic's cross-validated Brier on the tail {iso:.5f} is not clearly below Platt's {platt:.5f} (SE {se:.5f})"
     else:
         reason = "requested"
     if method == "isotonic":
@@ -177,6 +185,30 @@ def fit_calibrator(scores: Any, labels: Any, method: str = "auto") -> Calibratio
     else:
         raise ValueError(f"unknown calibration method {method!r}; expected 'auto', 'isotonic' or 'platt'")
     return CalibrationFit(calibrator.eval(), method, positives, negatives, reason)
+
+
+def cross_validated_brier(p: np.ndarray, y: np.ndarray, folds: int = 5) -> tuple[float, float, float]:
+    """Out-of-fold Brier score of isotonic and of Platt on (score, label) pairs (folds interleaved in time order),
+    and the standard error of their per-example difference.
+
+    Isotonic fits its own tail almost perfectly (in-sample ECE ~1e-9) and its steps tie scores the model ranked
+    apart: on a 382-row tail (120 positives) it cost 0.008 test ROC-AUC and doubled the test ECE against Platt,
+    which is strictly monotone and keeps every ranking. So it has to earn its place out of fold."""
+    diff = np.zeros(len(p))
+    iso_sq = platt_sq = 0.0
+    for k in range(folds):
+        held = np.arange(len(p)) % folds == k
+        fit_y = y[~held]
+        if fit_y.min() == fit_y.max() or held.sum() == 0:
+            continue
+        with torch.no_grad():
+            q_iso = fit_isotonic(p[~held], fit_y)(torch.from_numpy(p[held].astype(np.float32))).double().numpy()
+            q_platt = fit_platt(p[~held], fit_y)(torch.from_numpy(p[held].astype(np.float32))).double().numpy()
+        a, b = (q_iso - y[held]) ** 2, (q_platt - y[held]) ** 2
+        diff[held] = a - b
+        iso_sq += float(a.sum())
+        platt_sq += float(b.sum())
+    return iso_sq / len(p), platt_sq / len(p), float(diff.std(ddof=1) / np.sqrt(len(p))) if len(p) > 1 else math.inf
 
 
 def expected_calibration_error(labels: Any, scores: Any, n_bins: int = 10) -> float:

@@ -40,10 +40,16 @@ class TinyProgram(torch.nn.Module):
 def test_isotonic_reduces_ece_and_matches_sklearn():
     from sklearn.isotonic import IsotonicRegression
 
-    _, y_fit, s_fit = miscalibrated(8000, 0)
-    _, y_test, s_test = miscalibrated(8000, 1)
+    # A bend no affine map of the logit undoes (scores squeezed towards 0.5 from both sides, as a saturated
+    # model's can be): isotonic must win out of fold, beyond noise, to be chosen.
+    def bent(p: np.ndarray) -> np.ndarray:
+        return 0.5 + 0.5 * np.sign(p - 0.5) * np.abs(2 * (p - 0.5)) ** 0.2
+
+    p_fit, y_fit, _ = miscalibrated(8000, 0)
+    p_test, y_test, _ = miscalibrated(8000, 1)
+    s_fit, s_test = bent(p_fit), bent(p_test)
     fit = cal.fit_calibrator(s_fit, y_fit)
-    assert fit.method == "isotonic" and fit.positives >= cal.PLATT_MIN_CLASS_COUNT
+    assert fit.method == "isotonic" and fit.positives >= cal.PLATT_MIN_CLASS_COUNT and "beats Platt's" in fit.reason
     with torch.no_grad():
         calibrated = fit.calibrator(torch.from_numpy(s_test.astype(np.float32))).double().numpy()
     before = cal.expected_calibration_error(y_test, s_test)
@@ -65,11 +71,26 @@ def test_platt_is_used_when_positives_are_few_and_reduces_ece():
     rng.shuffle(keep)
     fit = cal.fit_calibrator(score[keep], labels[keep])
     assert fit.method == "platt" and fit.positives == 30 and "30 examples" in fit.reason
-    # At the boundary: 49 positives -> Platt, 50 -> isotonic.
-    for positives, method in ((49, "platt"), (50, "isotonic")):
+    # At the boundary: 49 positives -> Platt without a contest; from 50 the out-of-fold Brier decides.
+    for positives, why in ((49, "49 examples of the rarer class < 50"), (50, "cross-validated Brier")):
         y = np.r_[np.ones(positives, np.int64), np.zeros(500, np.int64)]
         s = np.r_[rng.uniform(0.3, 1, positives), rng.uniform(0, 0.7, 500)]
-        assert cal.fit_calibrator(s, y).method == method
+        assert why in cal.fit_calibrator(s, y).reason
+
+
+def test_an_affine_logit_distortion_is_undone_by_platt_which_keeps_every_ranking():
+    """Over-confident and shifted (score = sigmoid(2 logit + 1)): Platt fixes it exactly, so isotonic, whose steps
+    tie scores and cost ROC-AUC, is not chosen even with thousands of examples."""
+    from sklearn.metrics import roc_auc_score
+
+    _, y_fit, s_fit = miscalibrated(8000, 0)
+    _, y_test, s_test = miscalibrated(8000, 1)
+    fit = cal.fit_calibrator(s_fit, y_fit)
+    assert fit.method == "platt" and "not clearly below" in fit.reason
+    with torch.no_grad():
+        calibrated = fit.calibrator(torch.from_numpy(s_test.astype(np.float32))).double().numpy()
+    assert cal.expected_calibration_error(y_test, calibrated) < 0.03
+    assert abs(roc_auc_score(y_test, calibrated) - roc_auc_score(y_test, s_test)) < 1e-4
 
     # Platt undoes an affine distortion of the logit: score = sigmoid(2 * logit + 1) -> a = 0.5, b = -0.5.
     _, y_fit, s_fit = miscalibrated(20000, 4)
