@@ -15,6 +15,7 @@ from typing import Any
 
 from components.core.report_style import Cell, Html, banner, code, count, join, key_values, page, table, tag
 from components.evaluation.evaluate import Evaluation
+from components.evaluation.report_sections import bias_section, candidates_section
 
 # (key, label, format) of the rows of the comparison table; latency in ms, the rest as ratios.
 COMPARED = (
@@ -240,17 +241,6 @@ def _calibration_table(ev: Evaluation) -> Html:
     )
 
 
-def _bias(ev: Evaluation) -> Html:
-    from components.evaluation.fairness import bias_section_html
-
-    if not ev.fairness:
-        return tag("p", "The dataset spec names no sensitive attribute present in the test rows: no bias audit.")
-    checks = [
-        (c.name.removeprefix("bias."), c.passed, c.value, float(c.limit or 0), c.message) for c in ev.checks if c.name.startswith("bias.")
-    ]
-    return Html(bias_section_html(ev.fairness, checks))
-
-
 def report_html(ev: Evaluation, model_name: str, version: str) -> str:
     verdict = "PASS" if ev.passed else "FAIL"
     reasons = tag("ul", join(tag("li", r) for r in ev.reasons)) if ev.reasons else tag("p", "Every check passed.")
@@ -296,31 +286,7 @@ def report_html(ev: Evaluation, model_name: str, version: str) -> str:
                 numeric=[1, 2],
             )
         )
-    candidates = Html("")
-    if ev.candidates:
-        candidates = Html(
-            tag("h2", "Candidates")
-            + tag("p", f"Chosen: {ev.selection}.")
-            + table(
-                ["family", "version", "ROC-AUC", "95% CI of best minus it", "Brier", "ECE", "p99 ms", "program bytes", "outcome"],
-                [
-                    [
-                        r["family"],
-                        r["version"] or "-",
-                        _fmt(r.get("roc_auc"), "{:.4f}"),
-                        "-" if r["ci_vs_best"][0] != r["ci_vs_best"][0] else f"[{r['ci_vs_best'][0]:+.4f}, {r['ci_vs_best'][1]:+.4f}]",
-                        _fmt(r.get("brier"), "{:.4f}"),
-                        _fmt(r.get("ece"), "{:.4f}"),
-                        _fmt(r.get("latency_p99_ms"), "{:.3f}"),
-                        f"{r['size_bytes']:,}",
-                        tag("b", r["status"]) if r["chosen"] else r["status"],
-                    ]
-                    for r in ev.candidates
-                ],
-                ["" if r["passed"] else "fail" for r in ev.candidates],
-                numeric=range(2, 8),
-            )
-        )
+    candidates = candidates_section(ev)
     policy = ev.policy
     champion_line = (
         tag("p", "No champion yet: judged on the absolute thresholds only.")
@@ -370,7 +336,7 @@ def report_html(ev: Evaluation, model_name: str, version: str) -> str:
         tag("h2", "Curves"),
         curves,
         tag("h2", "Bias audit"),
-        _bias(ev),
+        bias_section(ev),
         tag("h2", "Slices"),
         tag(
             "p",
@@ -386,6 +352,15 @@ def report_html(ev: Evaluation, model_name: str, version: str) -> str:
         else tag("p", "Not computed (see the notes)."),
         tag("h2", "Lineage"),
         key_values(ev.lineage),
+        tag(
+            "p",
+            join(
+                [
+                    "Production readiness (written after deploy, in the same MLflow run): ",
+                    tag("a", "readiness/readiness.html", href="../readiness/readiness.html"),
+                ]
+            ),
+        ),
     )
 
 
