@@ -50,8 +50,9 @@ def _run_arguments(args: argparse.Namespace, source: str) -> dict[str, Any]:
     }
 
 
-def check_inputs(dataset: str, source: str) -> None:
-    """Fail in one line before any step starts: a missing spec or input is not worth a pipeline run.
+def check_inputs(dataset: str, source: str, gate_policy: str = "") -> None:
+    """Fail in one line before any step starts: a missing spec or input, or a gate policy that names an unknown
+    model family or metric or a negative cost, is not worth a pipeline run.
 
     Bring your own data: a local spec without a validation suite beside it gets one written (and the
     user is told, to review and commit it); a suite that is stale against its spec is an error that
@@ -62,8 +63,10 @@ def check_inputs(dataset: str, source: str) -> None:
     from components.core.spec import load_spec
     from components.data.ingest import check_source
     from components.data.suite import load_suite, suite_path, write_suite
+    from components.evaluation.policy import policy_for_run
 
     spec = load_spec(dataset)
+    policy_for_run(gate_policy, dataset, spec.name)  # the train step reads its candidates and costs from it
     check_source(spec, source, get_settings().state_dir)  # reads the state store, writes nothing
     path = suite_path(dataset)
     if not storage.is_s3(path) and not storage.exists(path):
@@ -132,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     source = args.data or str(demo_data_path())
     try:
-        check_inputs(args.dataset, source)
+        check_inputs(args.dataset, source, args.gate_policy)
         print("running the training pipeline on this machine (kfp.local); each step's whole output goes to its log file", flush=True)
         run = run_local(_run_arguments(args, source), console=sys.stdout, describe=describe_step(args.epochs))
     except (PipelineFailed, FileNotFoundError, ValueError) as err:

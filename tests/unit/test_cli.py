@@ -47,6 +47,25 @@ def test_spec_naming_a_missing_column(tmp_path):
     assert result.returncode == 2 and "lacks: ['nope']" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "policy, message",
+    [
+        ("version: 1\ncandidates: [network, xgboost]\n", "candidates: unknown model family 'xgboost'"),
+        ("version: 1\nthresholds: {min_auc: 0.7}\n", "min_auc"),
+        ("version: 1\ndecision: {costs: {fp: -1, fn: 5}}\n", "decision.costs.fp: -1 is not a cost"),
+    ],
+)
+def test_a_bad_gate_policy_fails_in_one_line_before_any_step(tmp_path, policy, message):
+    """The train step reads its candidates and costs from the policy: a bad one must not cost a pipeline run."""
+    state = tmp_path / "state"
+    data = make_csv(tmp_path / "tx.csv", rows=50)
+    (tmp_path / "bad.policy.yaml").write_text(policy)
+    result = run_cli("run", "--local", "--data", str(data), "--gate-policy", str(tmp_path / "bad.policy.yaml"), env_state=state)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (state / "kfp").exists()
+
+
 def test_generate_writes_the_demo_data(tmp_path, capsys):
     out = tmp_path / "tx.parquet"
     assert main(["generate", "--rows", "300", "--out", str(out)]) == 0
