@@ -114,11 +114,16 @@ def choose(contenders: list[Contender], y: np.ndarray, resamples: int = 200) -> 
         elif ev is None or not ev.passed:
             status = "failed: " + "; ".join(ev.reasons if ev else ["not evaluated"])
         else:
-            status = "passed, not chosen" + (f" (ROC-AUC lead of {c.family} over it is significant)" if c is not reference else "")
-            if c is not reference and lo == lo:
-                status = f"passed, not chosen: {reference.family if reference else '?'} is better by a CI of [{lo:+.4f}, {hi:+.4f}]"
-            elif c is reference and winner is not None:
+            best = reference.family if reference else "?"
+            if c is reference and winner is not None:
                 status = f"passed, not chosen: {winner.family} is cheaper and not measurably worse"
+            elif lo > 0:
+                status = f"passed, not chosen: {best} is measurably better (95% CI of its ROC-AUC lead [{lo:+.4f}, {hi:+.4f}])"
+            else:
+                chosen = winner.family if winner else "?"
+                status = (
+                    f"passed, not chosen: within noise of {best} (95% CI of its lead [{lo:+.4f}, {hi:+.4f}]) but not cheaper than {chosen}"
+                )
         rows.append(
             {
                 "family": c.family,
