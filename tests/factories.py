@@ -39,3 +39,25 @@ def synthetic(n: int = 1500, seed: int = 0) -> pd.DataFrame:
             "label": y,
         }
     )
+
+
+def transactions_frame(rows: int, seed: int) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The bundled demo data as the validate step would hand it on (typed, with the entity and event time), and
+    the transactions spec's numeric and categorical features: what a test trains a real bundle on."""
+    from components.core.spec import load_spec
+    from components.data.datagen import GenConfig, generate
+
+    spec = load_spec("transactions")
+    numeric = [f.name for f in spec.numeric]
+    categorical = [c.name for c in spec.categorical]
+    raw = generate(GenConfig(rows=rows, seed=seed))
+    frame = pd.DataFrame(
+        {
+            "transaction_id": raw["transaction_id"].astype(str),
+            "event_timestamp": pd.to_datetime(raw["event_time"], utc=True),
+            **{n: raw[n].astype("float64") for n in numeric},
+            **{c: raw[c].astype(str) for c in categorical},
+            "label": raw["is_fraud"].astype("int8"),
+        }
+    )
+    return frame, numeric, categorical

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
+
+from tests.factories import transactions_frame
 
 pytestmark = pytest.mark.integration
 
@@ -64,24 +65,12 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from components.core import bundle as bundle_lib
     from components.core.spec import load_spec
-    from components.data.datagen import GenConfig, generate
     from components.deployment.processes import wait_ready
     from components.training.train import TrainParams, build_bundle, train_model
 
     tmp = tmp_path_factory.mktemp("compat")
     spec = load_spec("transactions")
-    numeric = [f.name for f in spec.numeric]
-    categorical = [c.name for c in spec.categorical]
-    raw = generate(GenConfig(rows=2000, seed=7))
-    frame = pd.DataFrame(
-        {
-            "transaction_id": raw["transaction_id"].astype(str),
-            "event_timestamp": pd.to_datetime(raw["event_time"], utc=True),
-            **{n: raw[n].astype("float64") for n in numeric},
-            **{c: raw[c].astype(str) for c in categorical},
-            "label": raw["is_fraud"].astype("int8"),
-        }
-    )
+    frame, numeric, categorical = transactions_frame(2000, seed=7)
     program, vocab, result = train_model(frame, numeric, categorical, TrainParams(epochs=2, seed=3))
     bundle_dir = tmp / "bundle"
     lineage = {"dataset": spec.name, "model_name": MODEL, "inputs_fingerprint": VERSION + "xyz"}  # no feature service

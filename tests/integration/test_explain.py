@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import requests
 
 from components.core.explain import ADDITIVITY_TOLERANCE
+from tests.factories import transactions_frame
 
 pytestmark = pytest.mark.integration
 
@@ -67,24 +67,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from components.core import bundle as bundle_lib
-    from components.core.spec import load_spec
-    from components.data.datagen import GenConfig, generate
     from components.training.train import TrainParams, build_bundle, train_model
 
     tmp = tmp_path_factory.mktemp("explain")
-    spec = load_spec("transactions")
-    numeric = [f.name for f in spec.numeric]
-    categorical = [c.name for c in spec.categorical]
-    raw = generate(GenConfig(rows=2000, seed=11))
-    frame = pd.DataFrame(
-        {
-            "transaction_id": raw["transaction_id"].astype(str),
-            "event_timestamp": pd.to_datetime(raw["event_time"], utc=True),
-            **{n: raw[n].astype("float64") for n in numeric},
-            **{c: raw[c].astype(str) for c in categorical},
-            "label": raw["is_fraud"].astype("int8"),
-        }
-    )
+    frame, numeric, categorical = transactions_frame(2000, seed=11)
     program, vocab, result = train_model(frame, numeric, categorical, TrainParams(epochs=2, seed=3))
     bundle_dir = tmp / "bundle"
     build_bundle(bundle_dir, program, vocab, result, frame, numeric, categorical, {"model_name": MODEL, "model_version": "7"}, "b\n")

@@ -25,6 +25,8 @@ import pandas as pd
 import pytest
 import requests
 
+from tests.factories import transactions_frame
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +112,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from components.core import bundle as bundle_lib
     from components.core.settings import get_settings
     from components.core.spec import load_spec
-    from components.data.datagen import GenConfig, generate
     from components.features.store import build_features
     from components.training.train import TrainParams, build_bundle, train_model
 
@@ -122,18 +123,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
         for var in ("MLWF_FEAST_REGISTRY", "MLWF_FEAST_ONLINE", "MLWF_FEAST_OFFLINE_ROOT"):
             mp.delenv(var, raising=False)
         spec = load_spec("transactions")
-        numeric = [f.name for f in spec.numeric]
-        categorical = [c.name for c in spec.categorical]
-        raw = generate(GenConfig(rows=2000, seed=5))
-        valid = pd.DataFrame(
-            {
-                "transaction_id": raw["transaction_id"].astype(str),
-                "event_timestamp": pd.to_datetime(raw["event_time"], utc=True),
-                **{n: raw[n].astype("float64") for n in numeric},
-                **{c: raw[c].astype(str) for c in categorical},
-                "label": raw["is_fraud"].astype("int8"),
-            }
-        )
+        valid, numeric, categorical = transactions_frame(2000, seed=5)
         outcome = build_features(spec, valid, get_settings())
         program, vocab, result = train_model(outcome.train, numeric, categorical, TrainParams(epochs=2, seed=3))
         bundle_dir = tmp / "bundle"

@@ -26,6 +26,8 @@ import pandas as pd
 import pytest
 import requests
 
+from tests.factories import transactions_frame
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "clf"
@@ -45,7 +47,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from components.core import bundle as bundle_lib
     from components.core.settings import get_settings
     from components.core.spec import load_spec
-    from components.data.datagen import GenConfig, generate
     from components.features.store import build_features
     from components.training.train import TrainParams, build_bundle, train_model
 
@@ -57,17 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
         for var in ("MLWF_FEAST_REGISTRY", "MLWF_FEAST_ONLINE", "MLWF_FEAST_OFFLINE_ROOT"):
             mp.delenv(var, raising=False)
         spec = load_spec("transactions")
-        numeric, categorical = [f.name for f in spec.numeric], [c.name for c in spec.categorical]
-        raw = generate(GenConfig(rows=3000, seed=8))
-        valid = pd.DataFrame(
-            {
-                "transaction_id": raw["transaction_id"].astype(str),
-                "event_timestamp": pd.to_datetime(raw["event_time"], utc=True),
-                **{n: raw[n].astype("float64") for n in numeric},
-                **{c: raw[c].astype(str) for c in categorical},
-                "label": raw["is_fraud"].astype("int8"),
-            }
-        )
+        valid, numeric, categorical = transactions_frame(3000, seed=8)
         settings = get_settings()
         outcome = build_features(spec, valid, settings)
         program, vocab, result = train_model(outcome.train, numeric, categorical, TrainParams(epochs=2, seed=3))
