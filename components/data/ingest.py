@@ -248,7 +248,8 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, is_parquet: bool, rule: priva
     """The spec's columns as text, the source line, and a generated entity id when the spec has none.
     Personal data is kept out here, where it enters (`rule`, components/core/privacy.py): only the spec's
     columns are kept (other personal columns are dropped) and a personal entity key becomes its keyed hash."""
-    out = df[spec.source_columns].copy()
+    # Sensitive attributes that are not features travel with the rows (as text) for the bias audit, never as features.
+    out = df[[*spec.source_columns, *spec.audit_only]].copy()
     for col in out.columns:  # Parquet input keeps its types; text is what validation expects to parse
         if out[col].dtype != object:
             out[col] = out[col].astype(object).where(out[col].notna(), None).map(lambda v: v if v is None else str(v))

@@ -144,6 +144,7 @@ def _valid_table(spec: DatasetSpec, df: pd.DataFrame, raw: pd.DataFrame, good: n
         **{f.name: pa.array(df[f.name].to_numpy(dtype="float64")[good]) for f in spec.numeric},
         **{c.name: text(df[c.name].array) for c in spec.categorical},
         LABEL: pa.array((df[LABEL + RAW].to_numpy(dtype=object, na_value=None)[good] == positive).astype("int8")),
+        **{a: text(raw[a].array) for a in spec.audit_only if a in raw.columns},  # for the bias audit only
         SOURCE_LINE: pa.array(raw[SOURCE_LINE].to_numpy(dtype="int64")[good]),
         SOURCE_FILE: text(files.array) if files is not None else pa.array([source] * len(good), type=pa.string()),
     }

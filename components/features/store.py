@@ -237,9 +237,12 @@ def build_features(spec: DatasetSpec, valid: pd.DataFrame, settings: Settings, t
     store.apply([repo.entity, repo.view, service])
     end = valid[EVENT_TIMESTAMP].max().to_pydatetime() + timedelta(seconds=1)
     done = materialize_online(store, spec, settings, end)
-    labels = valid[[spec.entity_column, EVENT_TIMESTAMP, LABEL]]
+    # Sensitive attributes that are not features ride along with the labels (the bias audit groups the test rows by
+    # them); they are never written to the feature store nor read by any model.
+    audit = [a for a in spec.audit_only if a in valid.columns]
+    labels = valid[[spec.entity_column, EVENT_TIMESTAMP, LABEL, *audit]]
     joined = point_in_time(store, name, labels, spec.entity_column)
-    joined = joined[[spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names, LABEL]]
+    joined = joined[[spec.entity_column, EVENT_TIMESTAMP, *spec.feature_names, LABEL, *audit]]
     joined = joined.sort_values([EVENT_TIMESTAMP, spec.entity_column], kind="stable").reset_index(drop=True)
     train, test = time_split(joined, test_fraction)
     log.info("feature service %s: %d training rows, %d test rows", name, len(train), len(test))

@@ -117,3 +117,34 @@ def test_marked_values_are_nowhere_in_clear(tmp_path, state_dir, monkeypatch):
     keys = set(valid_rows["customer_email"]) | set(quarantined["customer_email"])
     assert hashed(f"{EMAIL}0@example.org") in keys and "customer_name" not in valid_rows.columns
     assert files_containing(state_dir / "request_logs", [hashed(f"{EMAIL}big7@example.org").encode()])
+
+
+def test_a_sensitive_attribute_that_is_not_a_feature_reaches_the_test_rows_for_the_audit_only(tmp_path, state_dir):
+    """`sensitive: [country, region]` where region is no feature: it travels from the input through validation to
+    the training and test sets (so the bias audit can group by it), and never into the feature store."""
+    from components.evaluation.fairness import bias_audit
+    from components.features.step import features_step
+
+    doc = yaml.safe_load(bundled_spec_path("transactions").read_text())
+    doc["sensitive"] = ["country", "region"]
+    spec_path = tmp_path / "transactions_regions.yaml"
+    spec_path.write_text(yaml.safe_dump(doc))
+    write_suite(str(spec_path))
+    source = make_csv(tmp_path / "gen.csv", rows=1500, seed=3, bad_fraction=0.02)
+    df = pd.read_csv(source, dtype=str, keep_default_na=False)
+    df["region"] = np.where(np.arange(len(df)) % 3 == 0, "north", "south")
+    df.to_csv(source, index=False)
+
+    out = state_dir / "artifacts"
+    out.mkdir(parents=True)
+    raw, valid, quarantine, train, test = (LocalArtifact(out / n) for n in ("raw", "valid", "quarantine", "train", "test"))
+    ingest_step(str(spec_path), str(source), raw, "run-region")
+    validate_step(str(spec_path), "run-region", raw, valid, quarantine, LocalArtifact(out / "report.html"), LocalArtifact(out / "m"))
+    features_step(str(spec_path), valid, train, test)
+    train_rows, test_rows = pd.read_parquet(train.path), pd.read_parquet(test.path)
+    assert {"north", "south"} == set(train_rows["region"]) and "region" in test_rows.columns
+    assert "region" not in load_spec(str(spec_path)).feature_names
+    offline = list(Path(get_settings().feast_offline_root).rglob("*.parquet"))
+    assert offline and all("region" not in pd.read_parquet(p).columns for p in offline)
+    audit = bias_audit(test_rows, np.full(len(test_rows), 0.1), 0.5, ["region"], train_rows, min_group_rows=10)
+    assert set(audit["attributes"]["region"]["gated_groups"]) == {"north", "south"}
