@@ -94,11 +94,32 @@ def analyse(config: MonitorConfig, settings: Settings, now: datetime | None = No
         versions=versions,
     )
     if config.labels_uri:
-        joined = join_labels(logs, read_labels(config.labels_uri))
+        joined = join_labels(logs, labels_for_join(read_labels(config.labels_uri), champion, settings))
         analysis.labeled = len(joined)
         if len(joined):
             analysis.performance, analysis.calibration = live_performance(joined)
     return analysis
+
+
+def labels_for_join(labels: pd.DataFrame, champion: Champion, settings: Settings) -> pd.DataFrame:
+    """Labels keyed by a personal entity key are joined on its keyed hash, which is all the request logs hold
+    (components/core/privacy.py); the clear keys of the labels file are never written anywhere."""
+    from components.core import privacy
+    from components.core.spec import load_spec
+
+    dataset = champion.signature.get("lineage", {}).get("dataset")
+    if not dataset:
+        return labels
+    try:
+        spec = load_spec(str(dataset))
+    except Exception as err:  # the spec is not readable here: join on the keys as given
+        log.warning("labels joined on their keys as given: cannot read dataset spec %r: %s", dataset, err)
+        return labels
+    if not spec.hashed_entity:
+        return labels
+    rule = privacy.rule_for(spec, settings.pii_hash_key)
+    assert rule.key is not None  # rule_for raises without a key when the entity is personal
+    return labels.assign(entity=privacy.hash_values(rule.key, labels["entity"]))
 
 
 # ---------------------------------------------------------------- cooldown and trigger

@@ -94,3 +94,27 @@ def test_redaction_drops_and_hashes_with_hmac_sha256():
 def test_the_bundled_spec_audits_country():
     s = load_spec("transactions")
     assert s.sensitive == ("country",) and s.audit_only == [] and s.pii == ()
+
+
+def test_delayed_labels_of_a_personal_entity_join_on_its_keyed_hash(tmp_path, monkeypatch):
+    """The request logs hold the keyed hash of a personal entity key; the monitor hashes the labels' clear keys the
+    same way before the join (and leaves a non-personal key alone)."""
+    from components.core.settings import get_settings
+    from components.monitoring.live import join_labels
+    from components.monitoring.monitor import labels_for_join
+    from components.monitoring.records import Champion
+
+    monkeypatch.setenv("MLWF_PII_HASH_KEY", KEY)
+    path = tmp_path / "personal.yaml"
+    path.write_text(BASE + "privacy: {pii: [customer_email]}\n")
+    labels = pd.DataFrame({"entity": ["a@x.org", "b@x.org"], "label": [1, 0], "ts": pd.to_datetime(["2026-01-01"] * 2, utc=True)})
+    champion = Champion(version="1", profile={}, signature={"lineage": {"dataset": str(path)}})
+    hashed = labels_for_join(labels, champion, get_settings())
+    digest = hmac.new(KEY.encode(), b"a@x.org", hashlib.sha256).hexdigest()
+    assert hashed["entity"].tolist()[0] == digest and "a@x.org" not in hashed["entity"].tolist()
+    logs = pd.DataFrame({"ts": pd.to_datetime(["2026-01-02"], utc=True), "entity": [digest], "probability": [0.9]})
+    assert join_labels(logs, hashed)["label_true"].tolist() == [1]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(BASE)
+    same = labels_for_join(labels, Champion(version="1", profile={}, signature={"lineage": {"dataset": str(plain)}}), get_settings())
+    assert same["entity"].tolist() == ["a@x.org", "b@x.org"]
