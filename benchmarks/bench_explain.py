@@ -99,7 +99,7 @@ def run(quick: bool) -> list[Figure]:
         scorer = Scorer(bundle)
         scorer.prepare()
         predict = explain.program_predict(scorer.program)
-        explainer = explain.bundle_explainer(bundle, predict)
+        explainer = explain.bundle_explainer(bundle, predict, budget_s=explain.EXPLAIN_BUDGET_S)  # as the server builds it
         columns = bundle_lib.columns_from_frame(test, numeric + categorical)
         singles = [{k: [v[i]] for k, v in columns.items()} for i in range(n_rows)]
         errors: list[float] = []
@@ -147,9 +147,13 @@ def run(quick: bool) -> list[Figure]:
         params={"learning_rate": 0.02},
     )
     tree_program = tree_programs.to_program(fitted.booster, N_NUMERIC, N_CATEGORICAL)
-    tree_explainer = explain.Explainer(
-        explain.program_predict(tree_program), (background[0].numpy(), background[1].numpy()), numeric, categorical
-    )
+    # As the server builds it (components/core/explain.py bundle_explainer with its budget): a program too slow to
+    # walk the whole background within the budget walks an evenly spaced part of it.
+    tree_predict = explain.program_predict(tree_program)
+    bg = (background[0].numpy(), background[1].numpy())
+    per_row = explain.program_seconds_per_row(tree_predict, *bg)
+    used = explain.background_rows_for(per_row, len(numeric) + len(categorical), len(bg[0]))
+    tree_explainer = explain.Explainer(tree_predict, bg, numeric, categorical, background_rows=used)
     tree_rows = 20 if quick else 100
     t50, t99 = _percentiles(_time_rows(lambda i: tree_explainer.explain(rows[0][i : i + 1], rows[1][i : i + 1]), tree_rows))
     figures.append(
@@ -160,9 +164,13 @@ def run(quick: bool) -> list[Figure]:
             anchor=None,
             anchor_name="",
             higher_is_better=False,
-            goal=f"<= {GOAL_MS:g} ms (reported)",
-            met=None,
-            notes=f"p50 {t50:.3g} ms over {tree_rows} rows; eager tree program ({tree_program.strategy if hasattr(tree_program, 'strategy') else 'auto'})",
+            goal=f"<= {GOAL_MS:g} ms",
+            met=t99 <= GOAL_MS,
+            notes=(
+                f"p50 {t50:.3g} ms over {tree_rows} rows; {tree_explainer.background_rows} of {len(bg[0])} background rows "
+                f"within the server's {explain.EXPLAIN_BUDGET_S * 1000:g} ms program budget ({per_row * 1e6:.1f} us a program row); "
+                f"eager tree program"
+            ),
         )
     )
     return figures

@@ -38,7 +38,13 @@ def check_rows(rows: int) -> None:
 
 
 def _parameters(explanation: Explanation) -> dict[str, Any]:
-    return {"features": explanation.features, "method": METHOD, "additivity_tolerance": ADDITIVITY_TOLERANCE}
+    return {
+        "features": explanation.features,
+        "method": METHOD,
+        "additivity_tolerance": ADDITIVITY_TOLERANCE,
+        "background_rows": explanation.background_rows,
+        "walks": explanation.walks,
+    }
 
 
 def v1_document(explanation: Explanation, threshold: float, version: str) -> dict[str, Any]:

@@ -136,7 +136,9 @@ class BundleModel(kserve.Model):
         """Explanations with the scorer's program (so they explain the score :predict returns); a bundle without
         a usable background sample still serves predictions, and :explain answers 501 with the reason."""
         try:
-            self.explainer = explain_lib.bundle_explainer(bundle, explain_lib.program_predict(scorer.program))
+            self.explainer = explain_lib.bundle_explainer(
+                bundle, explain_lib.program_predict(scorer.program), budget_s=explain_lib.EXPLAIN_BUDGET_S
+            )
         except (bundle_lib.BundleError, explain_lib.ExplainError) as err:  # NoBackground is a BundleError
             self._no_explainer = str(err) if isinstance(err, bundle_lib.NoBackground) else f"this model cannot be explained: {err}"
             log.warning("explanations unavailable: %s", self._no_explainer)

@@ -176,3 +176,28 @@ def test_tree_program_is_explained_additively():
     got = Explainer(program_predict(program), background[:2], ["a", "b", "c"], ["k"]).explain(*rows[:2])
     assert got.additivity_error() <= ADDITIVITY_TOLERANCE
     assert np.abs(got.attributions[:, 0]).mean() > np.abs(got.attributions[:, 1]).mean()  # the feature that matters
+
+
+def test_a_slow_program_walks_an_evenly_spaced_part_of_the_background_within_the_server_budget():
+    """The server's budget: a program too slow to walk every background row within it walks fewer (never fewer than
+    MIN_BACKGROUND_ROWS), says so, and its attributions still add up to the score minus that part's mean."""
+    from components.core import explain
+
+    assert explain.background_rows_for(1e-6, 20, 100) == 100  # a fast network: the whole background
+    assert explain.background_rows_for(30e-6, 20, 100) == 10 == explain.MIN_BACKGROUND_ROWS  # a 200-tree program
+    assert explain.background_rows_for(5e-6, 8, 100) == 100 and explain.background_rows_for(40e-6, 8, 100) == 17
+
+    rng = np.random.default_rng(0)
+    bg = (rng.normal(size=(100, 3)).astype(np.float32), rng.integers(0, 4, size=(100, 1)))
+
+    def predict(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(numeric[:, 0] * numeric[:, 1] + 0.5 * codes[:, 0])))
+
+    part = Explainer(predict, bg, ["a", "b", "c"], ["k"], background_rows=10)
+    assert part.background_rows == 10 and part.walks == 20
+    rows = (rng.normal(size=(5, 3)).astype(np.float32), rng.integers(0, 4, size=(5, 1)))
+    out = part.explain(*rows)
+    assert out.background_rows == 10 and out.walks == 20 and out.additivity_error() <= ADDITIVITY_TOLERANCE
+    keep = np.unique(np.linspace(0, 99, 10).round().astype(int))
+    assert math.isclose(out.base_value, float(predict(bg[0][keep], bg[1][keep]).mean()), rel_tol=1e-9)
+    assert explain.program_seconds_per_row(predict, *bg) > 0
