@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -287,25 +288,23 @@ def _reuse(client: Any, family: str, existing: Any, model_dir: str, name: str) -
     }
 
 
+@dataclass(frozen=True)
 class _Context:
     """What every candidate of one training run shares."""
 
-    def __init__(self, *values: Any) -> None:
-        (
-            self.spec,
-            self.train,
-            self.train_path,
-            self.params,
-            self.lineage,
-            self.tags,
-            self.client,
-            self.name,
-            self.nodes,
-            self.gpus_per_node,
-            self.nproc,
-            self.api_client,
-            self.pipeline_run,
-        ) = values
+    spec: DatasetSpec
+    train: pd.DataFrame
+    train_path: str
+    params: TrainParams
+    lineage: dict[str, Any]
+    tags: dict[str, Any]
+    client: Any
+    name: str
+    nodes: int
+    gpus_per_node: int
+    nproc: int
+    api_client: Any
+    pipeline_run: str
 
 
 def _train_candidate(ctx: _Context, family: str, fingerprint: str, model_dir: str, nested: bool) -> dict[str, Any]:

@@ -116,3 +116,51 @@ def test_failing_or_refused_candidates_are_never_chosen():
     assert statuses["network"].startswith("refused: ParityError") and statuses["lightgbm"].startswith("failed: ece")
     nothing = choose([refused, failing], y)
     assert nothing.winner is None and "none is deployed" in nothing.why
+
+
+def test_a_training_run_of_several_families_registers_each_and_a_failing_one_is_refused(
+    tmp_path, state_dir, transactions_spec, monkeypatch
+):
+    """One parent run with a child run per candidate, each registered and tagged with its family; a family that fails
+    is recorded as refused and the others still compete; the same inputs again reuse every version."""
+    import json
+
+    from components.core.settings import get_settings
+    from components.core.tracking import configure
+    from components.training import families as families_lib
+    from components.training import run as training_run
+    from tests.factories import transactions_frame
+
+    frame, _, _ = transactions_frame(2000, seed=4)
+    train_path = tmp_path / "train.parquet"
+    frame.to_parquet(train_path)
+
+    def broken(*args, **kwargs):
+        raise families_lib.CandidateRefused("lightgbm: the tree program does not match LightGBM: worst row 3")
+
+    monkeypatch.setattr(families_lib, "train_lightgbm_family", broken)
+    params = TrainParams(seed=2)
+    out = training_run.run_training_step(
+        transactions_spec, str(train_path), str(tmp_path / "m"), params, "transactions_v1", "fp", families=["lightgbm", "logistic"]
+    )
+    assert out["candidates"] == "lightgbm refused, logistic v1" and out["family"] == "logistic"
+    found = read_candidates(str(tmp_path / "m"))
+    assert [(c.family, c.version) for c in found] == [("lightgbm", None), ("logistic", "1")]
+    assert "worst row 3" in found[0].refused and bundle_lib.load(found[1].path).feature_names
+    client = configure(get_settings())
+    child = client.get_run(client.get_model_version(out["model_name"], "1").run_id)
+    assert child.data.tags["mlflow.parentRunId"] == out["run_id"] and child.data.tags["mlwf.family"] == "logistic"
+    parent = client.get_run(out["run_id"])
+    assert parent.data.tags["mlwf.candidates"] == "lightgbm,logistic"
+    logged = json.loads(open(client.download_artifacts(out["run_id"], "candidates.json", str(tmp_path))).read())
+    assert [e["family"] for e in logged] == ["lightgbm", "logistic"]
+    with pytest.raises(ValueError, match="unknown model family 'forest'"):
+        training_run.run_training_step(
+            transactions_spec, str(train_path), str(tmp_path / "x"), params, "transactions_v1", "fp", families=["forest"]
+        )
+    monkeypatch.undo()
+    monkeypatch.setenv("MLWF_STATE_DIR", str(state_dir))
+    again = training_run.run_training_step(
+        transactions_spec, str(train_path), str(tmp_path / "m2"), params, "transactions_v1", "fp", families=["logistic"]
+    )
+    assert again["reused"] is True and again["version"] == "1"
