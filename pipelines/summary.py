@@ -33,7 +33,7 @@ def describe_step(max_epochs: int | None) -> Any:
 
     def describe(task: str, where: Path | None) -> str:
         if where is None:  # the step did not run
-            return "the gate did not pass" if task == "deploy-op" else ""
+            return "the gate did not pass" if task in ("deploy-op", "readiness-op") else ""
         if task == "ingest-op":
             raw = artifact_metadata(where, "raw")
             files = int(raw.get("files", 0))
@@ -76,6 +76,11 @@ def describe_step(max_epochs: int | None) -> Any:
         if task == "deploy-op":
             m = artifact_metadata(where, "deployment")
             return f"v{m.get('version', '?')} serving at {m.get('url', '?')}"
+        if task == "readiness-op":
+            m = artifact_metadata(where, "summary")
+            if m.get("ready"):
+                return f"v{m.get('version', '?')} READY" + (f" (advisory: {m['advisory_failures']})" if m.get("advisory_failures") else "")
+            return f"v{m.get('version', '?')} NOT READY: blocking {m.get('blocking_failures', '?')} (mlwf readiness for the evidence)"
         return ""
 
     return describe

@@ -51,6 +51,9 @@ def spec_from_json(text: str) -> DatasetSpec:
     data["categorical"] = tuple(
         CategoricalFeature(**{**f, "values": tuple(f["values"]) if f["values"] is not None else None}) for f in data["categorical"]
     )
+    for name in ("sensitive", "pii"):  # tuples in the spec; JSON gives lists back
+        if name in data:
+            data[name] = tuple(data[name])
     return DatasetSpec(**data)
 
 

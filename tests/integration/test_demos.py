@@ -23,7 +23,7 @@ import requests
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 GATE = ["--min-roc-auc", "0.6", "--max-p99-latency-ms", "100"]
-STEPS = ["ingest", "validate", "features", "train", "evaluate", "deploy"]
+STEPS = ["ingest", "validate", "features", "train", "evaluate", "deploy", "readiness"]
 
 
 def mlwf(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -107,9 +107,10 @@ def assert_a_console_a_person_reads(demo: subprocess.CompletedProcess[str], env:
     assert len(lines) <= 80 and max(len(line) for line in lines) <= 400, demo.stdout
     assert "executor_input" not in demo.stdout + demo.stderr and "Streamed logs" not in demo.stdout
     for k, step in enumerate(STEPS, 1):
-        found = [line for line in lines if line.startswith(f"[{k}/6] {step} ...")]
+        found = [line for line in lines if line.startswith(f"[{k}/{len(STEPS)}] {step} ...")]
         assert len(found) == 1 and re.search(r"\d+\.\d s  \S", found[0]), demo.stdout
-    assert "validation ROC-AUC" in next(line for line in lines if line.startswith("[4/6] train"))
+    assert "validation ROC-AUC" in next(line for line in lines if line.startswith(f"[4/{len(STEPS)}] train"))
+    assert re.search(r"READY", next(line for line in lines if line.startswith(f"[7/{len(STEPS)}] readiness"))), demo.stdout
     assert re.search(r"^Gate: PASSED", demo.stdout, re.M) and re.search(r"^ +ROC-AUC +PR-AUC +Brier +ECE$", demo.stdout, re.M)
     assert re.search(r"^  model v\d+ \((network|lightgbm|logistic)\) +0\.\d{4} +0\.\d{4} +0\.\d{4} +0\.\d{4}", demo.stdout, re.M)
     assert re.search(r"^  baseline +0\.\d{4}", demo.stdout, re.M)

@@ -172,7 +172,9 @@ def test_monitoring_pipeline_retrains_for_real_once(tmp_path, state_dir, champio
         run = run_monitoring_local(arguments)
         assert run.output("drift-op", "Output") is True and run.ran("retrain-op")
         assert run.output("retrain-op", "Output") == "retrain"
-        assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2  # the retraining registered a version
+        versions = client.search_model_versions(f"name = '{MODEL}'")
+        # the retraining registered one version per candidate family, beside the champion
+        assert len(versions) == 4 and {v.tags.get("mlwf.family") for v in versions} >= {"network", "lightgbm", "logistic"}
         trigger = read_cooldown(get_settings(), SERVICE)["triggers"][0]
         assert trigger["run"].startswith("local:mlwf-training") and "channel" in trigger["drifted"]
         drift = json.loads(run.artifact("drift-op", "drift").read_text())

@@ -230,7 +230,7 @@ def test_mlwf_run_prints_the_failing_steps_log_tail(tmp_path, state_dir, capfd, 
         return local.run_pipeline_locally(failing_pipeline, {"lines": 60}, "log-capture-fail", console, describe)
 
     monkeypatch.setattr(local, "run_local", run_local)
-    monkeypatch.setattr(cli, "check_inputs", lambda dataset, source: None)
+    monkeypatch.setattr(cli, "check_inputs", lambda dataset, source, gate_policy="": None)
     assert main(["run", "--local", "--data", str(tmp_path / "any.csv")]) == 2
     out, err = capfd.readouterr()
     assert "[2/2] breaks ..." in out and "FAILED" in out
