@@ -237,7 +237,7 @@ def _gate_kinds(gate: Mapping[str, Any], sensitive: Sequence[str]) -> dict[str, 
     attributes = (policy.get("slices") or {}).get("attributes") or []
     judged = any(n.startswith("slice_gap.") for n in names) or (attributes and "slice" in notes)
     out["slices"] = "" if not attributes or judged else "no slice-gap check"
-    bias = [n for n in names if n.split("[")[0] in BIAS_METRICS]
+    bias = [n for n in names if n.split("[")[0].removeprefix("bias.") in BIAS_METRICS]  # evaluate names them bias.<metric>[attr]
     if not sensitive:
         out["bias"] = ""
     elif not gate.get("fairness"):

@@ -60,7 +60,7 @@ def good() -> dict[str, Any]:
                     "slice_gap.country.roc_auc",
                     "champion.roc_auc",
                     "baseline.roc_auc",
-                    "demographic_parity_difference[country]",
+                    "bias.demographic_parity_difference[country]",  # as the evaluate step names it
                 )
             ],
         },
@@ -160,7 +160,7 @@ def test_each_item_fails_on_its_missing_or_bad_evidence(item: str, path: str, va
 
 def test_gate_names_every_kind_of_check_it_did_not_make() -> None:
     ev = good()
-    ev["gate"]["checks"] = [c for c in ev["gate"]["checks"] if not c["name"].startswith(("baseline.", "max_ece", "demographic"))]
+    ev["gate"]["checks"] = [c for c in ev["gate"]["checks"] if not c["name"].startswith(("baseline.", "max_ece", "bias."))]
     got = r.check_gate(ev)
     assert not got.passed and "baseline" in got.detail and "calibration" in got.detail and "bounds none" in got.detail
     # the policy decides what the gate must have judged
@@ -169,7 +169,7 @@ def test_gate_names_every_kind_of_check_it_did_not_make() -> None:
 
 def test_gate_accepts_a_first_version_and_a_spec_without_sensitive_attributes() -> None:
     ev = good()
-    ev["gate"]["checks"] = [c for c in ev["gate"]["checks"] if not c["name"].startswith(("champion.", "demographic"))]
+    ev["gate"]["checks"] = [c for c in ev["gate"]["checks"] if not c["name"].startswith(("champion.", "bias."))]
     ev["gate"]["champion"], ev["gate"]["notes"] = None, ["no champion yet: judged on the absolute thresholds only"]
     ev["sensitive"], ev["gate"]["fairness"] = [], None
     assert r.check_gate(ev).passed
