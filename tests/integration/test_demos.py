@@ -110,7 +110,8 @@ def assert_a_console_a_person_reads(demo: subprocess.CompletedProcess[str], env:
         found = [line for line in lines if line.startswith(f"[{k}/{len(STEPS)}] {step} ...")]
         assert len(found) == 1 and re.search(r"\d+\.\d s  \S", found[0]), demo.stdout
     assert "validation ROC-AUC" in next(line for line in lines if line.startswith(f"[4/{len(STEPS)}] train"))
-    assert re.search(r"READY", next(line for line in lines if line.startswith(f"[7/{len(STEPS)}] readiness"))), demo.stdout
+    ready = next(line for line in lines if line.startswith(f"[7/{len(STEPS)}] readiness"))
+    assert " READY" in ready and "NOT READY" not in ready, demo.stdout  # advisory items (monitor, images) may be open
     assert re.search(r"^Gate: PASSED", demo.stdout, re.M) and re.search(r"^ +ROC-AUC +PR-AUC +Brier +ECE$", demo.stdout, re.M)
     assert re.search(r"^  model v\d+ \((network|lightgbm|logistic)\) +0\.\d{4} +0\.\d{4} +0\.\d{4} +0\.\d{4}", demo.stdout, re.M)
     assert re.search(r"^  baseline +0\.\d{4}", demo.stdout, re.M)
