@@ -68,14 +68,17 @@ def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tm
         logged = re.search(r"the model server logged (\d+) rows", drift.stdout)  # its own request log, not the fallback
         assert logged and int(logged.group(1)) >= 1500, drift.stdout[-2000:]
         assert "DRIFT ALERT" in drift.stdout
-        assert f"Champion now:        v2 (was v{champion['version']})" in drift.stdout
+        # the retraining registered a version per candidate and deployed the one its gate chose
+        now = re.search(rf"^Champion now: +v(\d+) \(was v{champion['version']}\)$", drift.stdout, re.M)
+        assert now and int(now.group(1)) > int(champion["version"]), drift.stdout[-2000:]
+        new_version = now.group(1)
         # the expected shift was measured and used: the retraining's deploy step logged it (each step's output
         # goes to its log file, not to the console)
         deploy_logs = list((tmp_path / "state" / "kfp").glob("mlwf-training-*/logs/deploy-op.log"))
         assert any("allowed in the canary analysis" in log.read_text() for log in deploy_logs), deploy_logs
 
         served = json.loads(record.read_text())
-        assert served["version"] == "2"
+        assert served["version"] == new_version
         row = {
             "amount": 120.0,
             "hour_of_day": 3,
@@ -95,7 +98,7 @@ def test_drift_demo_retrains_and_promotes_then_a_broken_canary_is_rolled_back(tm
         assert rollout.returncode == 0, rollout.stdout[-3000:] + rollout.stderr[-3000:]
         assert "rolled back" in rollout.stdout and "success_rate fail" in rollout.stdout
         assert f"the champion v{served['version']} still answers" in rollout.stdout and "HTTP 200" in rollout.stdout
-        assert json.loads(record.read_text())["version"] == "2"
+        assert json.loads(record.read_text())["version"] == new_version
     finally:
         mlwf(env, "stop", timeout=120)
 
