@@ -158,8 +158,6 @@ def test_a_training_run_of_several_families_registers_each_and_a_failing_one_is_
         training_run.run_training_step(
             transactions_spec, str(train_path), str(tmp_path / "x"), params, "transactions_v1", "fp", families=["forest"]
         )
-    monkeypatch.undo()
-    monkeypatch.setenv("MLWF_STATE_DIR", str(state_dir))
     again = training_run.run_training_step(
         transactions_spec, str(train_path), str(tmp_path / "m2"), params, "transactions_v1", "fp", families=["logistic"]
     )
