@@ -130,3 +130,12 @@ class LogisticProgram(nn.Module):
             safe = torch.where((codes[:, j] >= 0) & (codes[:, j] < table.shape[0]), codes[:, j], torch.zeros_like(codes[:, j]))
             logit = logit + table[safe]
         return torch.sigmoid(logit)
+
+
+def export_dynamic(program: nn.Module, n_numeric: int, n_categorical: int) -> torch.export.ExportedProgram:
+    """The program as a bundle holds it: torch.export with a dynamic batch dimension (1 to 1,000,000 rows)."""
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=1_000_000)
+    example = (torch.zeros(8, max(n_numeric, 1)), torch.zeros(8, max(n_categorical, 1), dtype=torch.int64))
+    return torch.export.export(program, example, dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}})

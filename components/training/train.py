@@ -350,12 +350,10 @@ def calibrate_into(
 
 def export_program(program: Any, n_numeric: int, n_categorical: int, path: str | Path) -> None:
     import torch
-    from torch.export import Dim
 
-    batch = Dim("batch", min=1, max=1_000_000)
-    example = (torch.zeros(8, max(n_numeric, 1)), torch.zeros(8, max(n_categorical, 1), dtype=torch.int64))
-    exported = torch.export.export(program, example, dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}})
-    torch.export.save(exported, str(path))
+    from components.training.model import export_dynamic
+
+    torch.export.save(export_dynamic(program, n_numeric, n_categorical), str(path))
 
 
 def build_bundle(
