@@ -8,7 +8,8 @@ mlwf submit     create a run on Kubeflow Pipelines (kfp.Client)
 mlwf stop       stop the local model server
 mlwf monitor --local   drift of the served traffic vs the champion; retrain on an alert (kfp.local)
 mlwf drift-demo        replay drifted traffic to the served champion, detect the drift, retrain
-mlwf schedule   create a recurring monitoring run on Kubeflow Pipelines (cron)
+mlwf schedule   create a recurring monitoring (or batch scoring: --pipeline scoring) run on Kubeflow Pipelines (cron)
+mlwf score --local --model NAME@ALIAS --data URI --out URI   batch scoring to Parquet, bad rows quarantined
 mlwf suite --dataset SPEC   write/update the validation suite beside the spec (SPEC.suite.json)
 mlwf lineage DATASET|MODEL/VERSION   input files, suite, code and run behind a dataset or model version
 mlwf readiness NAME@ALIAS   the production-readiness report of a model version (exit 1: a blocking item failed)
@@ -22,9 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.compile import DEFAULT_PACKAGE, MONITORING_PACKAGE, compile_package, pin_digest
+from pipelines.compile import DEFAULT_PACKAGE, compile_all, pin_digest
 from pipelines.demos import cmd_drift_demo, cmd_rollout_demo, demo_data_path
 from pipelines.kfp_api import cron_with_seconds, kfp_client, parse_arguments, schedule_monitoring, training_arguments, with_gpu_placement
+from pipelines.score_cli import SCHEDULED, add_score_command, schedule_target
 from pipelines.summary import describe_step, fail, monitor_summary, run_summary
 
 
@@ -159,10 +161,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     image = args.image
     if args.digest:
         image = pin_digest(image or "ghcr.io/mlwf/components", args.digest)
-    print(f"wrote {compile_package(args.out, image)}")
-    from pipelines.monitoring import monitoring_pipeline
-
-    print(f"wrote {compile_package(str(Path(args.out).with_name(Path(MONITORING_PACKAGE).name)), image, monitoring_pipeline)}")
+    for written in compile_all(args.out, image):
+        print(f"wrote {written}")
     return 0
 
 
@@ -230,18 +230,17 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    if not Path(args.package).exists():
-        return fail(f"pipeline package not found: {args.package} (run `mlwf compile` first)")
+    package, experiment, job_name = schedule_target(args)
+    if not Path(package).exists():
+        return fail(f"pipeline package not found: {package} (run `mlwf compile` first)")
     try:
-        # The monitoring pipeline's parameters are scalars; a JSON object (training_arguments) travels as its text.
+        # Both pipelines' parameters are scalars; a JSON object (training_arguments) travels as its text.
         params = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in parse_arguments(args.arg).items()}
         cron_with_seconds(args.cron)
     except ValueError as err:
         return fail(str(err))
-    job = schedule_monitoring(
-        kfp_client(args.host, args.namespace), args.package, args.cron, args.experiment, args.job_name, params, args.namespace
-    )
-    print(f"scheduled {args.job_name!r} ({cron_with_seconds(args.cron)}): recurring run {job.recurring_run_id}")
+    job = schedule_monitoring(kfp_client(args.host, args.namespace), package, args.cron, experiment, job_name, params, args.namespace)
+    print(f"scheduled {job_name!r} ({cron_with_seconds(args.cron)}): recurring run {job.recurring_run_id}")
     return 0
 
 
@@ -343,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    comp = command("compile", "write the pipeline packages (training and monitoring)")
-    comp.add_argument("--out", default=DEFAULT_PACKAGE, help="the training package; the monitoring one is written beside it")
+    comp = command("compile", "write the pipeline packages (training, monitoring and scoring)")
+    comp.add_argument("--out", default=DEFAULT_PACKAGE, help="the training package; the monitoring and scoring ones are written beside it")
     comp.add_argument("--image", help="components image (default: MLWF_COMPONENTS_IMAGE or the release tag)")
     comp.add_argument("--digest", help="pin the image by digest, sha256:... (default: none, the image by tag)")
     comp.set_defaults(func=cmd_compile)
@@ -402,15 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--retrain-arg", action="append", default=[], metavar="NAME=VALUE", help="training pipeline argument (repeatable)")
     dd.set_defaults(func=cmd_drift_demo)
 
-    sch = command("schedule", "create a recurring monitoring run on Kubeflow Pipelines")
+    sch = command("schedule", "create a recurring monitoring (or batch scoring) run on Kubeflow Pipelines")
+    sch.add_argument("--pipeline", choices=sorted(SCHEDULED), default="monitoring", help="drift monitoring, or batch scoring")
     sch.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (required)")
     sch.add_argument("--namespace", default="mlwf", help="Kubernetes namespace of the runs")
-    sch.add_argument("--experiment", default="mlwf-monitoring", help="KFP experiment the runs belong to")
-    sch.add_argument("--job-name", default="mlwf-drift-monitor", help="name of the recurring run")
+    sch.add_argument("--experiment", help="KFP experiment the runs belong to (default: mlwf-monitoring, mlwf-scoring)")
+    sch.add_argument("--job-name", help="name of the recurring run (default: mlwf-drift-monitor, mlwf-batch-scoring)")
     sch.add_argument("--cron", default="0 * * * *", help="cron expression (5 fields, or 6 with seconds first)")
-    sch.add_argument("--package", default=MONITORING_PACKAGE, help="compiled monitoring package")
+    sch.add_argument("--package", help="compiled package (default: pipelines/compiled/<pipeline>.yaml)")
     sch.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="pipeline argument (repeatable)")
     sch.set_defaults(func=cmd_schedule)
+
+    add_score_command(command)
 
     suite = command("suite", "write or update the validation suite beside a dataset spec")
     suite.add_argument("--dataset", default="transactions", help="dataset spec: a bundled name, a YAML path or s3:// URI")

@@ -261,3 +261,28 @@ def retrain_op(
     setup_logging()
     trigger = local_trigger if get_settings().is_local else kfp_trigger(kfp_host, kfp_namespace, training_package)
     return retrain_step(cooldown_hours, drift, training_arguments, decision, trigger)
+
+
+# ---------------------------------------------------------------- the scoring pipeline's step
+
+
+@_component
+def score_op(
+    model: str,
+    data_uri: str,
+    out_uri: str,
+    dataset_spec: str,
+    scores: Output[Dataset],
+    quarantine: Output[Dataset],
+    summary: Output[Markdown],
+) -> int:
+    """Validate the rows at `data_uri` with the dataset's suite (bad rows quarantined, the label optional) and score
+    the valid ones with the model version `model` names (NAME@ALIAS or NAME/VERSION); returns the rows scored.
+
+    The scores go to `out_uri` (Parquet; the quarantine beside it) and to the `scores` artifact. The data stage's
+    reading and validation are handed to the step (pipelines/scoring_data.py): a stage imports only core and itself.
+    """
+    from components.scoring.step import ScoringRequest, score_step
+    from pipelines.scoring_data import data_stage
+
+    return score_step(ScoringRequest(model, data_uri, out_uri, dataset_spec), data_stage(), scores, quarantine, summary)

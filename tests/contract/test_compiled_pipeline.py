@@ -138,14 +138,16 @@ def compiled_monitoring(tmp_path_factory):
     return json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
 
 
-def test_every_pipeline_parameter_is_described_for_the_run_form(compiled, compiled_monitoring):
+def test_every_pipeline_parameter_is_described_for_the_run_form(compiled, compiled_monitoring, compiled_scoring):
     """The docstrings' `Args:` reach the package: the KFP run form shows them beside each parameter."""
     import inspect
 
     from pipelines.monitoring import monitoring_pipeline
+    from pipelines.scoring import scoring_pipeline
     from pipelines.training import training_pipeline
 
-    for spec, pipeline in ((compiled[1], training_pipeline), (compiled_monitoring, monitoring_pipeline)):
+    packages = ((compiled[1], training_pipeline), (compiled_monitoring, monitoring_pipeline), (compiled_scoring[1], scoring_pipeline))
+    for spec, pipeline in packages:
         params = spec.root.input_definitions.parameters
         assert set(params) == set(inspect.signature(pipeline.pipeline_func).parameters)
         undescribed = [name for name, p in params.items() if len(p.description.strip()) < 20]
@@ -199,3 +201,46 @@ def test_committed_monitoring_package_is_up_to_date(tmp_path):
     fresh = tmp_path / "monitoring.yaml"
     compile_package(str(fresh), "ghcr.io/mlwf/components:0.1.0", monitoring_pipeline)
     assert committed.read_text() == fresh.read_text(), "pipelines/compiled/monitoring.yaml is stale: run `make compile`"
+
+
+@pytest.fixture(scope="module")
+def compiled_scoring(tmp_path_factory):
+    from pipelines.scoring import scoring_pipeline
+
+    mp = pytest.MonkeyPatch()
+    for var in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "MLWF_FEAST_REGISTRY"):
+        mp.setenv(var, SECRET_VALUE)
+    out = tmp_path_factory.mktemp("pkg") / "scoring.yaml"
+    compile_package(str(out), IMAGE, scoring_pipeline)
+    mp.undo()
+    text = out.read_text()
+    docs = list(yaml.safe_load_all(text))
+    return text, json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False), docs[1]
+
+
+def test_the_scoring_package_is_one_uncached_step_wired_like_the_others(compiled_scoring):
+    text, spec, platform = compiled_scoring
+    assert spec.pipeline_info.name == "mlwf-scoring"
+    assert set(spec.root.dag.tasks) == {"score-op"}
+    task = spec.root.dag.tasks["score-op"]
+    assert task.caching_options.enable_cache is False, "the alias a scoring run names moves: never reuse a cached result"
+    assert task.retry_policy.max_retry_count == 1
+    assert set(spec.components["comp-score-op"].output_definitions.artifacts) == {"scores", "quarantine", "summary"}
+    container = spec.deployment_spec["executors"]["exec-score-op"]["container"]
+    assert container["image"] == IMAGE and "pip install" not in " ".join(container["command"])
+    assert {"name": "MLWF_STEP_IMAGE", "value": IMAGE} in list(container["env"])
+    assert SECRET_VALUE not in text
+    config = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-score-op"]
+    assert {s["secretName"] for s in config["secretAsEnv"]} == set(SECRETS)
+    assert config["configMapAsEnv"][0]["configMapName"] == SETTINGS_CONFIG_MAP
+
+
+def test_committed_scoring_package_is_up_to_date(tmp_path):
+    from pipelines.compile import SCORING_PACKAGE
+    from pipelines.scoring import scoring_pipeline
+
+    committed = Path(__file__).resolve().parents[2] / SCORING_PACKAGE
+    fresh = tmp_path / "scoring.yaml"
+    compile_package(str(fresh), "ghcr.io/mlwf/components:0.1.0", scoring_pipeline)
+    assert committed.exists(), "run `make compile` and commit pipelines/compiled/scoring.yaml"
+    assert committed.read_text() == fresh.read_text(), "pipelines/compiled/scoring.yaml is stale: run `make compile`"
