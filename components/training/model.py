@@ -132,10 +132,13 @@ class LogisticProgram(nn.Module):
         return torch.sigmoid(logit)
 
 
+MAX_BATCH = 1_000_000  # rows per call an exported program accepts
+
+
 def export_dynamic(program: nn.Module, n_numeric: int, n_categorical: int) -> torch.export.ExportedProgram:
-    """The program as a bundle holds it: torch.export with a dynamic batch dimension (1 to 1,000,000 rows)."""
+    """The program as a bundle holds it: torch.export with a dynamic batch dimension (1 to MAX_BATCH rows)."""
     from torch.export import Dim
 
-    batch = Dim("batch", min=1, max=1_000_000)
+    batch = Dim("batch", min=1, max=MAX_BATCH)
     example = (torch.zeros(8, max(n_numeric, 1)), torch.zeros(8, max(n_categorical, 1), dtype=torch.int64))
     return torch.export.export(program, example, dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}})
