@@ -160,3 +160,29 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(scoring: dict[str, Any
     with pytest.raises(ScoringError):  # the step itself refuses the same input, for a run that skips the preflight
         score_batch(ScoringRequest(model, str(data), str(out)), data_stage())
     assert not out.parent.exists()
+
+
+def test_the_kfp_step_scores_a_directory_into_its_output_artifacts(scoring: dict[str, Any], direct: Any) -> None:
+    """score_op's body with no out_uri: a directory of two files in, the step's artifacts out, rows in file order."""
+    from kfp.dsl import Dataset, Markdown
+
+    from components.scoring.step import score_step
+
+    source = pd.read_csv(scoring["data"], dtype=str, keep_default_na=False, na_values=[""])
+    folder = scoring["tmp"] / "parts"
+    folder.mkdir()
+    half = len(source) // 2
+    source.iloc[:half].to_csv(folder / "part-0.csv", index=False)
+    source.iloc[half:].to_csv(folder / "part-1.csv", index=False)
+    out = scoring["tmp"] / "artifacts"
+    scores, quarantine, summary = (
+        cls(name=n, uri=str(out / n), metadata={}) for cls, n in ((Dataset, "scores"), (Dataset, "quarantine"), (Markdown, "summary"))
+    )
+    scored = score_step(ScoringRequest(f"{MODEL}@champion", str(folder), ""), data_stage(), scores, quarantine, summary)
+    got, want = pd.read_parquet(scores.path), pd.read_parquet(direct[1])
+    assert scored == len(got) == len(want) and scores.metadata["rows_in"] == len(source)
+    assert list(got["transaction_id"]) == list(want["transaction_id"])  # part-0's rows, then part-1's: the input order
+    np.testing.assert_array_equal(got[PROBABILITY].to_numpy(), want[PROBABILITY].to_numpy())
+    bad = pd.read_parquet(quarantine.path)
+    assert len(bad) == direct[0].quarantined and set(bad["source"]) <= {str(folder / "part-0.csv"), str(folder / "part-1.csv")}
+    assert f"scored {len(got):,} + quarantined {len(bad):,}" in Path(summary.path).read_text()
