@@ -59,6 +59,8 @@ class Settings:
     # MLWF_PII_HASH_KEY (from a Secret on a cluster): the HMAC-SHA256 key of personal join keys (components/core/privacy.py).
     # Never in repr: a Settings object printed or logged must not carry the secret.
     pii_hash_key: str = field(default="", repr=False)
+    # MLWF_ENGINE: what the data steps run on: "pandas" (one process) or "spark" (a local[*] SparkSession, components/core/spark.py).
+    engine: str = "pandas"
 
     @property
     def is_local(self) -> bool:
@@ -109,6 +111,17 @@ def canary_steps(text: str) -> tuple[int, ...]:
     if not steps or list(steps) != sorted(set(steps)) or steps[0] < 1 or steps[-1] != 100:
         raise ValueError(f"MLWF_CANARY_STEPS must rise strictly from at least 1 to 100, got {text!r}")
     return steps
+
+
+ENGINES = ("pandas", "spark")
+
+
+def engine(text: str) -> str:
+    """MLWF_ENGINE: pandas (the default) or spark; any other value is refused, naming the choices."""
+    value = text.strip().lower()
+    if value not in ENGINES:
+        raise ValueError(f"MLWF_ENGINE must be one of {ENGINES}, got {text!r}")
+    return value
 
 
 PII_HASH_KEY_MIN_CHARS = 16
@@ -170,4 +183,5 @@ def get_settings() -> Settings:
         step_image=_env("MLWF_STEP_IMAGE", ""),
         kfp_ui_url=_env("MLWF_KFP_UI_URL", ""),
         pii_hash_key=pii_hash_key(_env("MLWF_PII_HASH_KEY", "")),
+        engine=engine(_env("MLWF_ENGINE", "pandas")),
     )

@@ -73,13 +73,16 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
     from components.data.validate import enforce_threshold, validate
 
     started = time.perf_counter()
-    state = get_settings().state_dir
+    settings = get_settings()
+    if settings.engine == "spark":  # pyspark or Java missing: one line before any work
+        from components.core.spark import require_spark
+
+        require_spark()
+    state = settings.state_dir
     spec = load_spec(dataset_spec)
     suite = load_suite(spec, dataset_spec)
     source = str(raw.metadata.get("source", raw.uri))
     fingerprint = str(raw.metadata.get("dataset_fingerprint") or raw.metadata.get("sha256", "unknown"))
-    with pd.option_context("future.infer_string", True):  # text arrives as Arrow strings: no Python objects per cell
-        frame = pd.read_parquet(raw.path)
     manifest = lineage.manifest(state, spec.name, fingerprint)
     # The run that first validated each file under this suite is written on its quarantined rows, so a
     # rerun on the same input writes byte-identical records.
@@ -89,7 +92,14 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
         )
         for f in manifest["files"]
     }
-    outcome = validate(spec, frame, run_id=run_id, source=source, suite=suite, run_ids=run_ids)
+    if settings.engine == "spark":  # the executors read ingest's Parquet; the driver gets the outcome
+        from components.data.spark_validate import validate_spark
+
+        outcome = validate_spark(spec, raw.path, run_id=run_id, source=source, suite=suite, run_ids=run_ids)
+    else:
+        with pd.option_context("future.infer_string", True):  # text arrives as Arrow strings: no Python objects per cell
+            frame = pd.read_parquet(raw.path)
+        outcome = validate(spec, frame, run_id=run_id, source=source, suite=suite, run_ids=run_ids)
     record = {
         "dataset": spec.name,
         "dataset_fingerprint": fingerprint,
