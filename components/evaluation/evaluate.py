@@ -63,6 +63,9 @@ class Evaluation:
     fairness: dict[str, Any] | None = None  # the bias audit over the spec's sensitive attributes (governance.py)
     attributions: dict[str, float] = field(default_factory=dict)  # mean |attribution| per feature (chosen model)
     selection: str = ""  # why this candidate was chosen, or why none was
+    # the candidate's probability for each test row, in the test set's order (selection compares candidates on
+    # them); not in summary(): gate.json records metrics, not per-row scores
+    probabilities: np.ndarray | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the curves, JSON-ready: what gate.json records."""
@@ -85,10 +88,6 @@ class Evaluation:
             "selection": self.selection,
             "policy": {**self.policy.as_dict(), "sha256": self.policy.fingerprint()},
         }
-
-
-def score(bundle: bundle_lib.Bundle, test: pd.DataFrame) -> np.ndarray:
-    return bundle.predict_proba(bundle_lib.columns_from_frame(test, bundle.feature_names))
 
 
 # --- the decision ---------------------------------------------------------------------------------------
@@ -358,7 +357,7 @@ def evaluate(
     metrics = classification_metrics(y, p, candidate.threshold)
     latency = per_row_latency_ms(candidate, columns, rows=policy.latency_rows)
     metrics.update({"latency_p50_ms": latency["p50_ms"], "latency_p99_ms": latency["p99_ms"]})
-    ev = Evaluation(metrics=metrics, passed=False, reasons=[], policy=policy, curves=curves(y, p, candidate.threshold))
+    ev = Evaluation(metrics=metrics, passed=False, reasons=[], policy=policy, curves=curves(y, p, candidate.threshold), probabilities=p)
     ev.data = {
         "rows": int(len(test)),
         "positives": int(y.sum()),

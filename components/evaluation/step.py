@@ -53,7 +53,7 @@ def evaluate_step(
     from components.core.candidates import read_candidates
     from components.core.settings import get_settings
     from components.core.spec import load_spec
-    from components.evaluation.evaluate import evaluate, references, score
+    from components.evaluation.evaluate import evaluate, references
     from components.evaluation.governance import add_attributions
     from components.evaluation.policy import policy_for_run
     from components.evaluation.report import full_card, report_html
@@ -82,8 +82,7 @@ def evaluate_step(
         scored = evaluate(
             candidate.path, test, policy, model_name, candidate.version, train=train, client=client, refs=refs, sensitive=spec.sensitive
         )
-        probabilities = score(bundle_lib.load(candidate.path), test)
-        contenders.append(Contender(candidate, scored, probabilities, program_size(candidate.path)))
+        contenders.append(Contender(candidate, scored, scored.probabilities, program_size(candidate.path)))
     selection = choose(contenders, test["label"].to_numpy(dtype=int))
     evaluated = [c for c in contenders if c.evaluation is not None]
     if not evaluated:
