@@ -5,6 +5,10 @@ Small and seeded: the same call gives the same frame, and a model trained on it 
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -61,3 +65,23 @@ def transactions_frame(rows: int, seed: int) -> tuple[pd.DataFrame, list[str], l
         }
     )
     return frame, numeric, categorical
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalArtifact:
+    """What a KFP artifact gives a step called directly: a path, metadata, and log_metric for Metrics."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.uri = str(path)
+        self.metadata: dict[str, Any] = {}
+        self.metrics: dict[str, float] = {}
+
+    def log_metric(self, key: str, value: float) -> None:
+        self.metrics[key] = value

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.factories import transactions_frame
+from tests.factories import free_port, transactions_frame
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "compat"
 VERSION = "compat012345"
 ROWS = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -80,7 +73,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     rows[0][numeric[0]] = None  # a missing value: null in JSON, NaN in tensors
     want = bundle.predict_proba({f: [r[f] for r in rows] for f in numeric + categorical})
 
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     log_path = tmp / "server.log"
     cmd = [
         sys.executable,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import requests
 
 from components.core.explain import ADDITIVITY_TOLERANCE
-from tests.factories import transactions_frame
+from tests.factories import free_port, transactions_frame
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +30,10 @@ MODEL = "clf"
 ROWS = 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve(bundle_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     from components.deployment.processes import wait_ready
 
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "serving", "--model_name", MODEL, "--model_dir", str(bundle_dir), "--http_port", str(port)]
     cmd += ["--grpc_port", str(grpc_port), "--bind_host", "127.0.0.1", "--request_log_root", "off"]
     with open(log_path, "ab") as out:

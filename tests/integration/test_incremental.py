@@ -22,21 +22,9 @@ from components.data import ingest as ingest_module
 from components.data.step import ingest_step, validate_step
 from pipelines.cli import main
 from tests.conftest import assert_whole_files, make_csv
+from tests.factories import LocalArtifact
 
 pytestmark = pytest.mark.integration
-
-
-class LocalArtifact:
-    """What a KFP artifact gives a step: a path, metadata, and log_metric for Metrics."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.uri = str(path)
-        self.metadata: dict[str, Any] = {}
-        self.metrics: dict[str, float] = {}
-
-    def log_metric(self, key: str, value: float) -> None:
-        self.metrics[key] = value
 
 
 def landing_file(folder: Path, name: str, rows: int, seed: int, bad_fraction: float = 0.02) -> Path:

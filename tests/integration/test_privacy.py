@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import hmac
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,24 +23,12 @@ from components.data.suite import write_suite
 from serving.request_sink import RequestLogSink
 from serving.requests import Schema, parse_v1
 from tests.conftest import make_csv
+from tests.factories import LocalArtifact
 
 pytestmark = pytest.mark.integration
 
 KEY = "test-only-key-0123456789abcdef"
 EMAIL, NAME = "pii-marker-mail-", "PIIMARKERNAME"
-
-
-class LocalArtifact:
-    """What a KFP artifact gives a step: a path, metadata, and log_metric for Metrics."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.uri = str(path)
-        self.metadata: dict[str, Any] = {}
-        self.metrics: dict[str, float] = {}
-
-    def log_metric(self, key: str, value: float) -> None:
-        self.metrics[key] = value
 
 
 def personal_spec(folder: Path) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,19 +24,13 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.factories import transactions_frame
+from tests.factories import free_port, transactions_frame
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "clf"
 MAX_BODY = 200_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -62,7 +55,7 @@ class Served:
 def _start(
     bundle_dir: Path, state: Path, log_root: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str, int]:
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -24,21 +24,11 @@ import pandas as pd
 import pytest
 
 from tests.conftest import assert_whole_files, make_csv
+from tests.factories import LocalArtifact
 
 pytestmark = pytest.mark.integration
 DATASET = "transactions"
 TRIALS = 4
-
-
-class LocalArtifact:
-    """What a KFP artifact gives a step: a path, metadata, and log_metric for Metrics."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = self.uri = str(path)
-        self.metadata: dict[str, Any] = {}
-
-    def log_metric(self, key: str, value: float) -> None:
-        self.metadata[key] = value
 
 
 def _write_everything(state: str, out: str, raw_meta: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import pytest
 import requests
 
 from components.core import bundle as bundle_lib
+from tests.factories import free_port as pick_port
 from tests.reliability.conftest import make_bundle, synthetic_frame
 
 pytestmark = pytest.mark.integration
@@ -40,12 +40,6 @@ SECONDS = float(os.environ.get("MLWF_LOAD_SECONDS", "60"))
 LATENCY_BUDGET_MS = 50.0
 MAX_SCHEDULE_LAG_S = 1.0  # generous: the client must really hold the rate, or the test proves nothing
 MODEL = "load-model"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +101,7 @@ def test_fixed_request_rate_for_a_minute_zero_errors_and_p99_within_budget(tmp_p
     LATENCY_BUDGET_MS. Proof nothing was lost: the answers counted equal the requests scheduled, and the server's
     own counter of successful requests grew by exactly that many."""
     bundle = make_bundle(tmp_path / "v1", "1")
-    port, log_path = _free_port(), tmp_path / "server.log"
+    port, log_path = pick_port(), tmp_path / "server.log"
     cmd = [
         sys.executable,
         "-m",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.factories import transactions_frame
+from tests.factories import free_port, transactions_frame
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,12 +33,6 @@ MODEL = "clf"
 V1 = f"/v1/models/{MODEL}:predict"
 # sqlite3's default busy timeout is 5 s: a locked store is reported after that. Generous bound for "no hang".
 FAILS_WITHIN_S = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
         bundle_dir = tmp / "bundle"
         lineage = {"dataset": spec.name, "feature_service": outcome.service, "model_name": MODEL, "inputs_fingerprint": "online0123456"}
         build_bundle(bundle_dir, program, vocab, result, outcome.train, numeric, categorical, lineage, "test bundle\n")
-    port, log_path = _free_port(), tmp / "server.log"
+    port, log_path = free_port(), tmp / "server.log"
     cmd = [
         sys.executable,
         "-m",

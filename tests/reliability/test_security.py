@@ -30,6 +30,7 @@ import requests
 
 from components.core import bundle as bundle_lib
 from components.core import storage
+from tests.factories import free_port
 from tests.reliability.conftest import make_bundle, synthetic_frame, use_s3
 
 pytestmark = pytest.mark.integration
@@ -41,12 +42,6 @@ SECRETS = {
     "MLFLOW_TRACKING_PASSWORD": f"mlflow-{MARKER}",
     "AWS_SESSION_TOKEN": f"session-{MARKER}",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- loading bundles
@@ -181,7 +176,7 @@ def test_the_server_refuses_a_tampered_program_at_load(small_bundle, tmp_path):
     program = bytearray((tampered / bundle_lib.PROGRAM).read_bytes())
     program[len(program) // 2] ^= 0x01
     (tampered / bundle_lib.PROGRAM).write_bytes(bytes(program))
-    port = _free_port()
+    port = free_port()
     done = subprocess.run(
         [
             sys.executable,
@@ -300,7 +295,7 @@ def test_no_secret_reaches_logs_mlflow_or_compiled_packages(state_dir, monkeypat
     from pipelines.compile import compile_package
     from pipelines.monitoring import monitoring_pipeline
 
-    _secret_env(monkeypatch, _free_port())
+    _secret_env(monkeypatch, free_port())
     spec = parse_spec(
         {"name": "secrets", "label": {"column": "label", "positive": 1}, "features": {"numeric": ["x1", "x2"], "categorical": ["colour"]}}
     )
@@ -335,9 +330,9 @@ def test_the_server_leaks_no_secret_limits_bodies_and_has_no_debug_endpoints(tmp
     password) is unreachable, and clients that send an oversized body, ask for debug pages or an entity key.
     Behaviour: 413 for the body, 404 for /docs, /redoc and /openapi.json, 503 for the entity key, 200 for
     features. Proof nothing leaked: the marker is in no answer and nowhere in the server's whole log."""
-    registry = _secret_env(monkeypatch, _free_port())  # nothing listens there: the lookup fails
+    registry = _secret_env(monkeypatch, free_port())  # nothing listens there: the lookup fails
     bundle = make_bundle(tmp_path / "bundle", "1", lineage={"dataset": "transactions", "feature_service": "transactions_v1"})
-    port, log_path = _free_port(), tmp_path / "server.log"
+    port, log_path = free_port(), tmp_path / "server.log"
     limit = 10_000
     cmd = [
         sys.executable,

@@ -7,7 +7,6 @@ no version for the interrupted run.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import requests
 from components.core.spec import parse_spec
 from components.training.run import run_training_step
 from components.training.train import TrainParams
+from tests.factories import free_port
 
 pytestmark = pytest.mark.integration
 SPEC = parse_spec({"name": "rel", "label": {"column": "y", "positive": 1}, "features": {"numeric": ["x1", "x2"], "categorical": ["c"]}})
@@ -41,12 +41,6 @@ def _train_set(path) -> str:
     )
     df.to_parquet(path)
     return str(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start_server(db: str, artifacts: str, port: int) -> subprocess.Popen:
@@ -89,7 +83,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_server_down_fails_fast_with_the_uri(tmp_path, state_dir, monkeypatch):
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens here
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     with pytest.raises(Exception) as err:
@@ -100,7 +94,7 @@ def test_server_down_fails_fast_with_the_uri(tmp_path, state_dir, monkeypatch):
 
 
 def test_server_dies_mid_run_leaves_no_version(tmp_path, state_dir, monkeypatch):
-    port = _free_port()
+    port = free_port()
     db, artifacts = str(tmp_path / "mlflow.db"), str(tmp_path / "artifacts")
     server = _start_server(db, artifacts, port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
