@@ -46,8 +46,14 @@ def _check(spec: Any, spec_ref: str, files: list[Any], has_label: bool, run_id: 
     return Checked(outcome.valid_table, outcome.quarantined, suite.version)
 
 
+def _suite_version(spec: Any, spec_ref: str) -> str:
+    from components.data.suite import load_suite
+
+    return load_suite(spec, spec_ref).version
+
+
 def data_stage() -> Any:
     """The data stage's functions the scoring step needs, bound here where every stage may be imported."""
     from components.scoring.step import DataStage
 
-    return DataStage(list_files=_list_files, check=_check)
+    return DataStage(list_files=_list_files, suite_version=_suite_version, check=_check)

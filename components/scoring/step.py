@@ -55,9 +55,11 @@ class ScoringRequest:
 
 @dataclass(frozen=True)
 class DataStage:
-    """The data stage's part, handed in: list a source's files; turn read files into validated rows."""
+    """The data stage's part, handed in: list a source's files; load the spec's suite (its version; raises when it is
+    missing or stale); turn read files into validated rows."""
 
     list_files: Callable[[str], list[str]]
+    suite_version: Callable[[DatasetSpec, str], str]
     # (spec, spec ref, files, input has a label column, run id, now) -> valid and quarantined rows
     check: Callable[[DatasetSpec, str, list[InputFile], bool, str, datetime], Checked]
 
@@ -148,16 +150,25 @@ def read_inputs(spec: DatasetSpec, request: ScoringRequest, data: DataStage, wor
 
 def preflight(request: ScoringRequest, data: DataStage, settings: Any = None) -> str:
     """What `mlwf score` checks before any step starts (and writes nothing): the model resolves and loads, the
-    dataset spec fits it, every input file has its columns. Returns the model version."""
+    dataset spec fits it and its suite is current, every input file has its columns. Returns the model version."""
     from components.core.settings import get_settings
 
     settings = settings or get_settings()
     check_target(request.out_uri)
     with resolved_model(request.model_ref, settings) as (version, bundle), tempfile.TemporaryDirectory() as tmp:
-        spec, _ = model_spec(request.dataset_spec, bundle)
+        spec, spec_ref = model_spec(request.dataset_spec, bundle)
+        check_suite(data, spec, spec_ref)
         for uri in _local_files(request, data):
             check_columns(spec, read_columns(storage.local_copy(uri, tmp), uri), uri)
     return str(version.version)
+
+
+def check_suite(data: DataStage, spec: DatasetSpec, spec_ref: str) -> str:
+    """The version of the spec's suite, or a one-line ScoringError when it is missing, malformed or stale."""
+    try:
+        return data.suite_version(spec, spec_ref)
+    except ValueError as err:  # the data stage's SuiteError
+        raise ScoringError(str(err).strip().splitlines()[0]) from err
 
 
 def check_target(out_uri: str) -> None:
@@ -176,6 +187,7 @@ def score_batch(request: ScoringRequest, data: DataStage, settings: Any = None, 
     check_target(request.out_uri)
     with resolved_model(request.model_ref, settings) as (version, bundle), tempfile.TemporaryDirectory(prefix="mlwf-score-") as tmp:
         spec, spec_ref = model_spec(request.dataset_spec, bundle)
+        check_suite(data, spec, spec_ref)
         files, has_label = read_inputs(spec, request, data, tmp)
         digests = [(f.uri, f.sha256) for f in files]
         model = (str(version.name), str(version.version))

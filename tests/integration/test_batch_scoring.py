@@ -142,23 +142,30 @@ def test_mlwf_score_runs_the_scoring_pipeline_and_matches_the_direct_run(
 
 @pytest.mark.parametrize(
     "case",
-    ["missing feature", "unknown alias", "unknown model", "not a model reference"],
+    ["missing feature", "unknown alias", "unknown model", "not a model reference", "spec without its suite"],
 )
 def test_bad_input_exits_2_in_one_line_and_writes_nothing(scoring: dict[str, Any], case: str, capsys: pytest.CaptureFixture) -> None:
-    data, model = scoring["data"], f"{MODEL}@champion"
-    if case == "missing feature":
+    data, model, spec, expected = scoring["data"], f"{MODEL}@champion", [], ""
+    if case == "spec without its suite":
+        from components.core.spec import bundled_spec_path
+
+        copy = scoring["tmp"] / "nosuite" / "transactions.yaml"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_text(bundled_spec_path("transactions").read_text())
+        spec, expected = ["--dataset", str(copy)], "no validation suite next to the spec"
+    elif case == "missing feature":
         data = scoring["tmp"] / "no-amount.csv"
         pd.read_csv(scoring["data"], dtype=str).drop(columns=["amount"]).to_csv(data, index=False)
     else:
         model = {"unknown alias": f"{MODEL}@nobody", "unknown model": "nothing@champion", "not a model reference": "transactions"}[case]
     out = scoring["tmp"] / "bad" / case.replace(" ", "-") / "scores.parquet"
-    assert main(["score", "--local", "--model", model, "--data", str(data), "--out", str(out)]) == 2
+    assert main(["score", "--local", "--model", model, "--data", str(data), "--out", str(out), *spec]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mlwf: error: ") and err.count("\n") == 1, err
-    assert ("'amount'" in err) if case == "missing feature" else (repr(model) in err)
+    assert expected in err if expected else ("'amount'" in err) if case == "missing feature" else (repr(model) in err)
     assert not out.parent.exists(), "a refused run wrote something"
     with pytest.raises(ScoringError):  # the step itself refuses the same input, for a run that skips the preflight
-        score_batch(ScoringRequest(model, str(data), str(out)), data_stage())
+        score_batch(ScoringRequest(model, str(data), str(out), spec[1] if spec else ""), data_stage())
     assert not out.parent.exists()
 
 
