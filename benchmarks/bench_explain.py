@@ -10,15 +10,13 @@ shap.explainers.Permutation with an Independent masker over the same background 
 
 from __future__ import annotations
 
-import math
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Figure
+from benchmarks.harness import Figure, p50_p99, timings_ms
 
 NAME = "explain"
 GOAL_MS = 20.0
@@ -36,22 +34,6 @@ def _frame(rows: int, seed: int) -> Any:
     label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype("int8")
     columns = {f"n{j}": numeric[:, j] for j in range(N_NUMERIC)} | {f"c{j}": [f"v{v}" for v in cats[:, j]] for j in range(N_CATEGORICAL)}
     return pd.DataFrame({"event_timestamp": pd.date_range("2026-01-01", periods=rows, freq="min", tz="UTC"), **columns, "label": label})
-
-
-def _percentiles(times: list[float]) -> tuple[float, float]:
-    ordered = sorted(times)
-    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-
-
-def _time_rows(explain_one: Callable[[int], Any], rows: int) -> list[float]:
-    for i in range(5):  # warm-up
-        explain_one(i)
-    times = []
-    for i in range(rows):
-        started = time.perf_counter()
-        explain_one(i)
-        times.append((time.perf_counter() - started) * 1000.0)
-    return times
 
 
 def _shap_anchor(
@@ -72,8 +54,8 @@ def _shap_anchor(
     matrix = np.hstack([background[0].astype(np.float64), background[1].astype(np.float64)])
     explainer = shap.explainers.Permutation(joined, shap.maskers.Independent(matrix, max_samples=len(matrix)))
     rows_matrix = np.hstack([rows[0].astype(np.float64), rows[1].astype(np.float64)])
-    times = _time_rows(lambda i: explainer(rows_matrix[i : i + 1], silent=True), n)
-    return _percentiles(times)[1], f"shap {shap.__version__} Permutation, Independent masker, max_evals 500 (p99)"
+    times = timings_ms(lambda i: explainer(rows_matrix[i : i + 1], silent=True), n)
+    return p50_p99(times)[1], f"shap {shap.__version__} Permutation, Independent masker, max_evals 500 (p99)"
 
 
 def run(quick: bool) -> list[Figure]:
@@ -108,7 +90,7 @@ def run(quick: bool) -> list[Figure]:
             num, cod = scorer.encode(singles[i], 1)
             errors.append(explainer.explain(num.numpy(), cod.numpy()).additivity_error())
 
-        p50, p99 = _percentiles(_time_rows(explain_one, n_rows))
+        p50, p99 = p50_p99(timings_ms(explain_one, n_rows))
         enc_num, enc_cod = bundle.encode(columns)
         rows = (enc_num.numpy(), enc_cod.numpy())
         background = bundle.encode(bundle.background or {})
@@ -155,7 +137,7 @@ def run(quick: bool) -> list[Figure]:
     used = explain.background_rows_for(per_row, len(numeric) + len(categorical), len(bg[0]))
     tree_explainer = explain.Explainer(tree_predict, bg, numeric, categorical, background_rows=used)
     tree_rows = 20 if quick else 100
-    t50, t99 = _percentiles(_time_rows(lambda i: tree_explainer.explain(rows[0][i : i + 1], rows[1][i : i + 1]), tree_rows))
+    t50, t99 = p50_p99(timings_ms(lambda i: tree_explainer.explain(rows[0][i : i + 1], rows[1][i : i + 1]), tree_rows))
     figures.append(
         Figure(
             benchmark=NAME,

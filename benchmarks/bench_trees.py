@@ -8,14 +8,12 @@ cannot hold. Threads: cpu_budget() for both. The model has NaNs and categorical 
 
 from __future__ import annotations
 
-import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import Figure
+from benchmarks.harness import Figure, p50_p99, timings_ms
 
 NAME = "trees"
 
@@ -34,17 +32,6 @@ def _data(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
     labels = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     return numeric, codes, labels
-
-
-def _percentiles(fn, repeats: int) -> tuple[float, float]:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
-    return times[len(times) // 2], times[min(len(times) - 1, math.ceil(0.99 * len(times)) - 1)]
 
 
 def run(quick: bool) -> list[Figure]:
@@ -83,12 +70,12 @@ def run(quick: bool) -> list[Figure]:
         matrix = trees.lightgbm_matrix(valid[0][:rows], valid[1][:rows])
         repeats = (100 if quick else 300) if rows == 1 else (5 if quick else 30)
         with torch.no_grad():
-            p50, p99 = _percentiles(lambda n=numeric, c=codes: served(n, c), repeats)
+            p50, p99 = p50_p99(timings_ms(lambda _, n=numeric, c=codes: served(n, c), repeats, warmup=1))
             notes = []
             for name in ("gemm", "traverse"):
-                s50, s99 = _percentiles(lambda m=programs[name], n=numeric, c=codes: m(n, c), repeats)
+                s50, s99 = p50_p99(timings_ms(lambda _, m=programs[name], n=numeric, c=codes: m(n, c), repeats, warmup=1))
                 notes.append(f"{name} (eager) p50 {s50:.3g} ms p99 {s99:.3g} ms")
-        n50, n99 = _percentiles(lambda x=matrix: booster.predict(x, num_threads=n_threads), repeats)
+        n50, n99 = p50_p99(timings_ms(lambda _, x=matrix: booster.predict(x, num_threads=n_threads), repeats, warmup=1))
         goal_ms = 1.0 if rows == 1 else 3.0 * n50
         figures.append(
             Figure(

@@ -8,6 +8,7 @@ something on a shared, noisy machine. Timings are medians of repeats. Tests neve
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -49,3 +50,21 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timings_ms(fn: Callable[[int], Any], repeats: int, warmup: int = 5) -> list[float]:
+    """Wall time (ms) of each of `repeats` calls fn(0), fn(1), ... after `warmup` unmeasured calls."""
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return times
+
+
+def p50_p99(times: list[float]) -> tuple[float, float]:
+    """The median and the 99th percentile (nearest rank) of `times`."""
+    ordered = sorted(times)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
