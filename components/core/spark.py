@@ -64,6 +64,7 @@ def local_session(master: str = "local[*]", shuffle_partitions: int = 4, app_nam
     - executors' Python is this interpreter (the project's virtualenv), so they import the same code.
     """
     require_spark()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else Spark looks up the host's address (and warns)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession

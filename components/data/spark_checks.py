@@ -8,9 +8,11 @@ event times go through `checks.parse_times` (pandas' flexible parser reads "01/1
 casts do not) in a pandas UDF, so they are parsed on the executors by the same code. Numbers are a
 Spark cast behind the same number pattern (the pattern admits only text both casts read alike).
 
-Known limits of parity, both only for hand-written (custom) expectations: Spark's regexes are Java's,
-not RE2 (`\\s` also matches a vertical tab, `$` also matches before a final newline); Spark timestamps
-are microseconds, so two event times that differ only in nanoseconds are the same key here.
+Known limits of parity: Spark's regexes are Java's, not RE2 (Arrow's): `\\s` also matches a vertical tab
+(so " 5<VT>" is a number here and not on pandas; GX on Spark agrees with this engine, so the cross-check
+does not catch it), `$` also matches before a final newline (custom patterns only: the number pattern
+allows trailing whitespace anyway). Spark timestamps are microseconds: event times that differ only in
+nanoseconds are the same key here, and a valid row's time loses its nanoseconds.
 """
 
 from __future__ import annotations

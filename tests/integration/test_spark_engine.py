@@ -196,3 +196,58 @@ def test_engine_setting(monkeypatch):
     monkeypatch.setenv("MLWF_ENGINE", "dask")
     with pytest.raises(ValueError, match=r"MLWF_ENGINE must be one of \('pandas', 'spark'\), got 'dask'"):
         get_settings()
+
+
+def test_no_entity_no_timestamp_text_labels_and_an_audit_only_column(tmp_path, state_dir, spark):
+    """Generated row ids, the ingestion time as event time, "Yes"/"No" labels, a nullable number, an audited
+    column that is not a feature; and a frame without ingest's columns, checked against the caller's clock."""
+    from datetime import UTC, datetime
+
+    from components.core.spec import parse_spec
+    from components.data.spark_validate import validate_spark
+    from components.data.suite import INGESTED_AT
+
+    spec = parse_spec(
+        {
+            "name": "churn",
+            "label": {"column": "Churn", "positive": "Yes", "negative": "No"},
+            "features": {"numeric": {"tenure": {"min": 0}, "spend": {"nullable": True}}, "categorical": ["plan"]},
+            "sensitive": ["gender"],
+        }
+    )
+    src = tmp_path / "c.csv"
+    src.write_text(
+        "tenure,spend,plan,Churn,gender\n3,1.5,basic,Yes,f\n4,,pro,No,m\n5,2,pro,Maybe,f\nabc,1,pro,No,\n-1,1,basic,No,m\n"
+        ",1,basic,Yes,f\n3,1.5,basic,Yes,f\n 1e2 ,-0,,1.0,x\n"
+    )
+    out = tmp_path / "raw.parquet"
+    ingest(spec, str(src), str(out), str(state_dir))
+    suite = suite_from_spec(spec)
+    reference, result = both(spec, out, str(src), suite, spark)
+    assert_same(reference, result)
+    assert "gender" in result.valid_table.column_names and len(result.quarantined) >= 4
+
+    frame = pd.read_parquet(out).drop(columns=[INGESTED_AT])
+    now = datetime(2020, 1, 1, tzinfo=UTC)  # before the ingestion time, which is every row's event time: all in the future
+    reference = validate(spec, frame, run_id="r", source="frame", now=now, suite=suite)
+    result = validate_spark(spec, frame, run_id="r", source="frame", now=now, suite=suite, spark=spark)
+    assert_same(reference, result)
+    assert result.failures["expect_column_pair_values_a_to_be_greater_than_b(as_of+event_timestamp)"] == len(frame)
+
+
+def test_preflight_names_pyspark_when_it_is_missing_and_a_broken_java(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from components.core.spark import SparkUnavailable, require_spark
+
+    code = "import sys; sys.modules['pyspark'] = None\nfrom components.core.spark import require_spark\nrequire_spark()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "MLWF_ENGINE=spark needs pyspark: pip install pyspark==4.1.4" in done.stderr
+    broken = tmp_path / "jdk"
+    (broken / "bin").mkdir(parents=True)
+    (broken / "bin" / "java").write_text("#!/bin/sh\necho 'Error: could not find libjvm.so' >&2\nexit 1\n")
+    (broken / "bin" / "java").chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(broken))
+    with pytest.raises(SparkUnavailable, match="-version failed: Error: could not find libjvm.so"):
+        require_spark()
