@@ -21,7 +21,19 @@ DEPLOYER_GRANTS = {("serving.kserve.io", "inferenceservices", verb) for verb in 
     ("serving.kserve.io", "inferenceservices/status", "get")
 }
 TRAINER_GRANTS = {("trainer.kubeflow.org", "trainjobs", verb) for verb in ("get", "create")}
-ROLE_GRANTS = {"mlwf-pipeline-deployer": DEPLOYER_GRANTS, "mlwf-pipeline-trainer": TRAINER_GRANTS}
+# The data steps on Spark (manifests/base/spark.yaml): the steps create/read/delete their SparkApplication; the
+# Spark driver creates its executors, their ConfigMap and its Service.
+PIPELINE_SPARK_GRANTS = {("sparkoperator.k8s.io", "sparkapplications", verb) for verb in ("create", "get", "delete")}
+SPARK_DRIVER_GRANTS = {("", "pods", verb) for verb in ("create", "get", "list", "watch", "delete")} | {
+    ("", resource, verb) for resource in ("services", "configmaps") for verb in ("create", "get", "delete")
+}
+ROLE_GRANTS = {
+    "mlwf-pipeline-deployer": DEPLOYER_GRANTS,
+    "mlwf-pipeline-trainer": TRAINER_GRANTS,
+    "mlwf-pipeline-spark": PIPELINE_SPARK_GRANTS,
+    "mlwf-spark-driver": SPARK_DRIVER_GRANTS,
+}
+ROLE_SUBJECTS = {"mlwf-spark-driver": "mlwf-spark"}  # every other Role is bound to pipeline-runner
 KSERVE_S3_ANNOTATIONS = tuple(f"serving.kserve.io/{k}" for k in ("s3-endpoint", "s3-usehttps", "s3-region"))
 DEV_SERVICES = {"minio": 9000, "mlflow": 5000, "redis": 6379, "postgres": 5432}
 
@@ -142,15 +154,16 @@ def test_roles_are_exactly_the_allow_list(overlay: tuple[str, list[dict]]) -> No
     _, objs = overlay
     assert not mt.find(objs, "ClusterRole") and not mt.find(objs, "ClusterRoleBinding")
     roles = {r["metadata"]["name"]: r for r in mt.find(objs, "Role")}
-    assert set(roles) == set(ROLE_GRANTS), "the deployer and trainer Roles, nothing more"
+    assert set(roles) == set(ROLE_GRANTS), "the deployer, trainer, Spark step and Spark driver Roles, nothing more"
     for name, grants in ROLE_GRANTS.items():
         assert mt.rbac_grants(roles[name]) == grants, name
     bindings = {b["metadata"]["name"]: b for b in mt.find(objs, "RoleBinding")}
     assert set(bindings) == set(ROLE_GRANTS)
     for name, binding in bindings.items():
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": NAMESPACE}]
-    mt.only(objs, "ServiceAccount", "pipeline-runner")
+        subject = ROLE_SUBJECTS.get(name, "pipeline-runner")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": subject, "namespace": NAMESPACE}]
+        mt.only(objs, "ServiceAccount", subject)
 
 
 def test_allow_list_check_fails_on_an_extra_verb(dev: list[dict]) -> None:
