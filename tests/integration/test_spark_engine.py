@@ -76,7 +76,7 @@ def test_demo_data_same_quarantine_and_valid_rows(tmp_path, state_dir, transacti
     ingest(transactions_spec, str(src), str(out), str(state_dir))
     reference, result = both(transactions_spec, out, str(src), suite_from_spec(transactions_spec), spark)
     assert len(reference.quarantined) >= 140  # 5% injected bad rows, every kind of them (datagen._corrupt)
-    assert len(set(" ; ".join(reference.quarantined["failed_expectations"]).split("; "))) >= 7
+    assert len({r for reasons in reference.quarantined["failed_expectations"] for r in reasons.split("; ")}) >= 7
     assert_same(reference, result)
 
 
@@ -135,6 +135,22 @@ def test_an_expectation_without_a_spark_twin_stops_the_run_naming_it(corpus, tmp
     with pytest.raises(ValidationFailed, match="expect_column_value_lengths_to_be_between has no Spark row check") as err:
         validate_spark(spec, str(out), run_id="r", source="x", suite=extended, spark=spark)
     assert "\n" not in str(err.value)
+
+
+def test_which_expectations_have_a_spark_twin():
+    from components.data.spark_checks import why_no_twin
+
+    types = {"plan": "string", "tenure": "double", "tenure__raw": "string"}
+    between = "expect_column_values_to_be_between"
+    assert why_no_twin({"type": between, "kwargs": {"column": "tenure", "min_value": 0}}, types) is None
+    assert "not a number column" in why_no_twin({"type": between, "kwargs": {"column": "plan", "min_value": "a"}}, types)
+    assert "no bound" in why_no_twin({"type": between, "kwargs": {"column": "tenure"}}, types)
+    assert "['parse_strings_as_datetimes']" in why_no_twin(
+        {"type": between, "kwargs": {"column": "tenure", "parse_strings_as_datetimes": True}}, types
+    )
+    assert "lack" in why_no_twin({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "nope"}}, types)
+    unique = {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["plan"], "ignore_row_if": "sometimes"}}
+    assert "ignore_row_if='sometimes'" in why_no_twin(unique, types)
 
 
 def test_a_count_gx_disputes_stops_the_run_naming_the_expectation():
