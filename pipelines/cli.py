@@ -49,10 +49,11 @@ def _run_arguments(args: argparse.Namespace, source: str) -> dict[str, Any]:
         "min_roc_auc": args.min_roc_auc,
         "max_p99_latency_ms": args.max_p99_latency_ms,
         "max_regression": args.max_regression,
+        "engine": args.engine or "",
     }
 
 
-def check_inputs(dataset: str, source: str, gate_policy: str = "") -> None:
+def check_inputs(dataset: str, source: str, gate_policy: str = "", engine: str = "") -> None:
     """Fail in one line before any step starts: a missing spec or input, or a gate policy that names an unknown
     model family or metric or a negative cost, is not worth a pipeline run.
 
@@ -67,6 +68,10 @@ def check_inputs(dataset: str, source: str, gate_policy: str = "") -> None:
     from components.data.suite import load_suite, suite_path, write_suite
     from components.evaluation.policy import policy_for_run
 
+    if (engine or get_settings().engine) == "spark":  # pyspark or Java missing: say what to install, run nothing
+        from components.core.spark import require_spark
+
+        require_spark()
     spec = load_spec(dataset)
     policy_for_run(gate_policy, dataset, spec.name)  # the train step reads its candidates and costs from it
     check_source(spec, source, get_settings().state_dir)  # reads the state store, writes nothing
@@ -133,14 +138,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             "`mlwf run` runs the pipeline on this machine only: add --local. For a Kubeflow cluster, write the "
             "package with `mlwf compile` and start a run with `mlwf submit --host <KFP API URL>`"
         )
+    from components.core.spark import SparkUnavailable
     from pipelines.local import PipelineFailed, run_local
 
     source = args.data or str(demo_data_path())
     try:
-        check_inputs(args.dataset, source, args.gate_policy)
+        check_inputs(args.dataset, source, args.gate_policy, args.engine or "")
         print("running the training pipeline on this machine (kfp.local); each step's whole output goes to its log file", flush=True)
         run = run_local(_run_arguments(args, source), console=sys.stdout, describe=describe_step(args.epochs))
-    except (PipelineFailed, FileNotFoundError, ValueError) as err:
+    except (PipelineFailed, FileNotFoundError, ValueError, SparkUnavailable) as err:
         return fail(str(err))
     print(run_summary(run))
     return 0
@@ -328,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=-1.0,
             help="override the policy's tolerance against the champion with a value >= 0 (default: -1, the policy file's value)",
+        )
+        p.add_argument(
+            "--engine",
+            choices=("pandas", "spark"),
+            default=None,
+            help="data engine of the validate step (default: MLWF_ENGINE, else pandas); spark needs Java 17",
         )
 
     run = command("run", "run the training pipeline (on this machine with --local; on a cluster: compile + submit)")

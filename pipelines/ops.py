@@ -52,11 +52,13 @@ def validate_op(
     quarantine: Output[Dataset],
     report: Output[HTML],
     metrics: Output[Metrics],
+    engine: str = "",
 ) -> int:
-    """Great Expectations over every row; failing rows to quarantine with their reasons. Returns valid rows."""
+    """Great Expectations over every row; failing rows to quarantine with their reasons. Returns valid rows.
+    `engine`: pandas or spark (a local[*] session in the step); empty: the MLWF_ENGINE setting."""
     from components.data.step import validate_step
 
-    return validate_step(dataset_spec, run_id, raw, valid, quarantine, report, metrics)
+    return validate_step(dataset_spec, run_id, raw, valid, quarantine, report, metrics, engine)
 
 
 @_component

@@ -119,6 +119,7 @@ def training_pipeline(
     gpu_node_selector: dict = {},  # noqa: B006
     train_nodes: int = 1,
     gpus_per_node: int = 1,
+    engine: str = "",
 ) -> None:
     """Validate, featurize, train, gate and canary-deploy a tabular classifier.
 
@@ -147,11 +148,15 @@ def training_pipeline(
         train_nodes: 1 trains in the step's pod (on every GPU it has). More than 1 trains in a Kubeflow
             Trainer TrainJob of this many nodes; needs the state store on s3://.
         gpus_per_node: GPUs on each TrainJob node; used only when train_nodes > 1.
+        engine: The data engine of the validate step: pandas, or spark (a local[*] Spark session in the step's
+            pod; the image needs Java). Empty: the cluster's MLWF_ENGINE setting (pandas unless set).
     """
     ingest = cluster_wiring(ingest_op(dataset_spec=dataset_spec, source_uri=source_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), retries=2)
     # Never cached: a directory or prefix gains files under the same URI; ingest itself skips what it has seen.
     ingest.set_display_name("ingest").set_caching_options(False).set_cpu_limit("1").set_memory_limit("4G")
-    validate = cluster_wiring(validate_op(dataset_spec=dataset_spec, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, raw=ingest.outputs["raw"]))
+    validate = cluster_wiring(
+        validate_op(dataset_spec=dataset_spec, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, raw=ingest.outputs["raw"], engine=engine)
+    )
     validate.set_display_name("validate").set_cpu_limit("2").set_memory_limit("8G")
     features = cluster_wiring(features_op(dataset_spec=dataset_spec, valid=validate.outputs["valid"]), retries=2)
     features.set_display_name("features").set_cpu_limit("2").set_memory_limit("8G")

@@ -59,7 +59,10 @@ def ingest_step(dataset_spec: str, source_uri: str, raw: Any, run_id: str = "loc
     return result.rows, result.fingerprint
 
 
-def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quarantine: Any, report: Any, metrics: Any) -> int:
+def validate_step(
+    dataset_spec: str, run_id: str, raw: Any, valid: Any, quarantine: Any, report: Any, metrics: Any, engine: str = ""
+) -> int:
+    """`engine`: pandas or spark; empty takes the MLWF_ENGINE setting (the pipeline parameter overrides it)."""
     setup_logging()
     import hashlib
 
@@ -74,7 +77,10 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
 
     started = time.perf_counter()
     settings = get_settings()
-    if settings.engine == "spark":  # pyspark or Java missing: one line before any work
+    from components.core.settings import engine as checked_engine
+
+    engine = checked_engine(engine) if engine else settings.engine
+    if engine == "spark":  # pyspark or Java missing: one line before any work
         from components.core.spark import require_spark
 
         require_spark()
@@ -92,7 +98,7 @@ def validate_step(dataset_spec: str, run_id: str, raw: Any, valid: Any, quaranti
         )
         for f in manifest["files"]
     }
-    if settings.engine == "spark":  # the executors read ingest's Parquet; the driver gets the outcome
+    if engine == "spark":  # the executors read ingest's Parquet; the driver gets the outcome
         from components.data.spark_validate import validate_spark
 
         outcome = validate_spark(spec, raw.path, run_id=run_id, source=source, suite=suite, run_ids=run_ids)

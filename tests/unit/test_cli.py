@@ -66,6 +66,27 @@ def test_a_bad_gate_policy_fails_in_one_line_before_any_step(tmp_path, policy, m
     assert not (state / "kfp").exists()
 
 
+def test_the_spark_engine_without_java_fails_in_one_line_before_any_step(tmp_path, state_dir, monkeypatch, capsys):
+    """`--engine spark` on a machine without Java: what to install, and no pipeline run started."""
+    data = make_csv(tmp_path / "tx.csv", rows=50)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no java on PATH
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    assert main(["run", "--local", "--data", str(data), "--engine", "spark"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Java 17 runtime" in lines[0] and "openjdk-17" in lines[0], lines
+    assert not (state_dir / "kfp").exists()
+
+
+def test_the_engine_option_reaches_the_validate_step_as_a_pipeline_parameter():
+    from pipelines.cli import _run_arguments, build_parser
+
+    args = build_parser().parse_args(["run", "--local", "--engine", "spark"])
+    assert _run_arguments(args, "data.csv")["engine"] == "spark"
+    assert _run_arguments(build_parser().parse_args(["run", "--local"]), "data.csv")["engine"] == ""  # the MLWF_ENGINE setting
+
+
 def test_generate_writes_the_demo_data(tmp_path, capsys):
     out = tmp_path / "tx.parquet"
     assert main(["generate", "--rows", "300", "--out", str(out)]) == 0
@@ -230,7 +251,7 @@ def test_mlwf_run_prints_the_failing_steps_log_tail(tmp_path, state_dir, capfd, 
         return local.run_pipeline_locally(failing_pipeline, {"lines": 60}, "log-capture-fail", console, describe)
 
     monkeypatch.setattr(local, "run_local", run_local)
-    monkeypatch.setattr(cli, "check_inputs", lambda dataset, source, gate_policy="": None)
+    monkeypatch.setattr(cli, "check_inputs", lambda dataset, source, gate_policy="", engine="": None)
     assert main(["run", "--local", "--data", str(tmp_path / "any.csv")]) == 2
     out, err = capfd.readouterr()
     assert "[2/2] breaks ..." in out and "FAILED" in out
