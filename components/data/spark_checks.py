@@ -24,30 +24,13 @@ import numpy as np
 import pandas as pd
 
 from components.core.spec import EVENT_TIMESTAMP, LABEL, DatasetSpec
+from components.data.checks import ROW_KWARGS
 from components.data.outcome import ValidationFailed
 from components.data.suite import AS_OF, CLOCK_SKEW, INGESTED_AT, NUMBER_PATTERN, RAW, expectation_id
 
 POS = "__pos"  # a row's position in the input (the order pandas keeps and the outputs come back in)
 IN = "__in__"  # prefix of the input's columns carried beside the prepared ones (the quarantine writes them as they came)
 
-# kwargs that change which rows are counted (checks.py has the same list): any other kwarg means no twin here
-ROW_KWARGS = frozenset(
-    {
-        "column",
-        "column_list",
-        "column_A",
-        "column_B",
-        "regex",
-        "value_set",
-        "min_value",
-        "max_value",
-        "strict_min",
-        "strict_max",
-        "or_equal",
-        "ignore_row_if",
-        "mostly",
-    }
-)
 _NUMERIC = ("double", "float", "int", "bigint", "smallint", "tinyint")  # Spark's simple type names; decimal(p,s) too
 
 
