@@ -61,6 +61,18 @@ class Settings:
     pii_hash_key: str = field(default="", repr=False)
     # MLWF_ENGINE: what the data steps run on: "pandas" (one process) or "spark" (a local[*] SparkSession, components/core/spark.py).
     engine: str = "pandas"
+    # The data steps on a cluster as SparkApplications (components/core/spark_application.py; Kubeflow Spark Operator).
+    spark_image: str = ""  # MLWF_SPARK_IMAGE: an image with Spark's entrypoint and the project installed; default: components_image
+    spark_namespace: str = "mlwf"  # MLWF_SPARK_NAMESPACE
+    spark_service_account: str = "mlwf-spark"  # MLWF_SPARK_SERVICE_ACCOUNT: what the driver runs as (manifests/base/spark.yaml)
+    spark_main_file: str = "local:///opt/venv/lib/python3.11/site-packages/components/data/spark_entry.py"  # MLWF_SPARK_MAIN_FILE
+    spark_driver_cores: int = 1  # MLWF_SPARK_DRIVER_CORES
+    spark_driver_memory: str = "2g"  # MLWF_SPARK_DRIVER_MEMORY (Spark's notation: 512m, 2g)
+    spark_executor_cores: int = 1  # MLWF_SPARK_EXECUTOR_CORES
+    spark_executor_memory: str = "2g"  # MLWF_SPARK_EXECUTOR_MEMORY
+    spark_executor_instances: int = 2  # MLWF_SPARK_EXECUTOR_INSTANCES
+    spark_timeout_s: int = 7200  # MLWF_SPARK_TIMEOUT_S: how long a data step waits for its SparkApplication
+    spark_ttl_s: int = 86400  # MLWF_SPARK_TTL_S: a finished SparkApplication (and its driver's log) is kept this long
 
     @property
     def is_local(self) -> bool:
@@ -184,4 +196,15 @@ def get_settings() -> Settings:
         kfp_ui_url=_env("MLWF_KFP_UI_URL", ""),
         pii_hash_key=pii_hash_key(_env("MLWF_PII_HASH_KEY", "")),
         engine=engine(_env("MLWF_ENGINE", "pandas")),
+        spark_image=_env("MLWF_SPARK_IMAGE", _env("MLWF_COMPONENTS_IMAGE", "ghcr.io/mlwf/components:0.1.0")),
+        spark_namespace=_env("MLWF_SPARK_NAMESPACE", _env("MLWF_KSERVE_NAMESPACE", "mlwf")),
+        spark_service_account=_env("MLWF_SPARK_SERVICE_ACCOUNT", "mlwf-spark"),
+        spark_main_file=_env("MLWF_SPARK_MAIN_FILE", "local:///opt/venv/lib/python3.11/site-packages/components/data/spark_entry.py"),
+        spark_driver_cores=int(_env("MLWF_SPARK_DRIVER_CORES", "1")),
+        spark_driver_memory=_env("MLWF_SPARK_DRIVER_MEMORY", "2g"),
+        spark_executor_cores=int(_env("MLWF_SPARK_EXECUTOR_CORES", "1")),
+        spark_executor_memory=_env("MLWF_SPARK_EXECUTOR_MEMORY", "2g"),
+        spark_executor_instances=int(_env("MLWF_SPARK_EXECUTOR_INSTANCES", "2")),
+        spark_timeout_s=int(_env("MLWF_SPARK_TIMEOUT_S", "7200")),
+        spark_ttl_s=int(_env("MLWF_SPARK_TTL_S", "86400")),
     )

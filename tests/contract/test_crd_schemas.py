@@ -51,6 +51,7 @@ def key_of(path: Path) -> tuple[str, str, str]:
 
 def rendered_custom_kinds() -> dict[tuple[str, str, str], str]:
     """(group, version, kind) -> where, for every non-core object the overlays and the component builders render."""
+    from components.core import spark_application
     from components.core.settings import get_settings
     from components.deployment import kserve_resources
     from components.training import trainjob
@@ -63,7 +64,12 @@ def rendered_custom_kinds() -> dict[tuple[str, str, str], str]:
                 kinds.setdefault((group, version, obj["kind"]), f"manifests/{overlay} {mt.ident(obj)}")
     isvc = kserve_resources.build_isvc("m", "mlwf", {})
     job = trainjob.build_trainjob("mlwf-train-x", "mlwf", "img:1", [], nodes=2, gpus_per_node=0, settings=get_settings())
-    for obj, where in ((isvc, "components/deployment/kserve_resources.build_isvc"), (job, "components/trainjob.build_trainjob")):
+    spark = spark_application.build_spark_application("mlwf-validate-x", "mlwf", ["validate", "--work", "s3://b/w"], get_settings())
+    for obj, where in (
+        (isvc, "components/deployment/kserve_resources.build_isvc"),
+        (job, "components/trainjob.build_trainjob"),
+        (spark, "components/core/spark_application.build_spark_application"),
+    ):
         group, version = obj["apiVersion"].split("/", 1)
         kinds.setdefault((group, version, obj["kind"]), where)
     return kinds
@@ -79,6 +85,7 @@ def test_every_rendered_custom_kind_has_a_carried_schema(extract: ModuleType) ->
         "PrometheusRule",
         "FeatureStore",
         "TrainJob",
+        "SparkApplication",
     }, sorted(rendered)
     unlisted = [f"{'/'.join(key)} ({where})" for key, where in rendered.items() if key not in extract.KINDS]
     assert not unlisted, f"rendered but not in KINDS of {EXTRACT}: {unlisted}"
