@@ -57,6 +57,11 @@ def first_validation_run_path(state_dir: str, dataset: str, suite_version: str, 
     return storage.join(state_dir, "validate", dataset, "first_runs", suite_version, f"{file_sha256}.json")
 
 
+def scoring_first_seen_path(state_dir: str, dataset: str, input_key: str) -> str:
+    """When batch scoring first saw an input (its files' digests): the clock its "in the future" check reads."""
+    return storage.join(state_dir, "scoring", dataset, "first_seen", f"{input_key}.json")
+
+
 def quarantine_path(state_dir: str, dataset: str, fingerprint: str) -> str:
     return storage.join(state_dir, "quarantine", dataset, f"{fingerprint[:16]}.parquet")
 

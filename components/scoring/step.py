@@ -12,6 +12,7 @@ rename), so a complete scores file means both are there.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -178,12 +179,21 @@ def check_target(out_uri: str) -> None:
         raise ScoringError(f"the output {out_uri} is a directory: name the scores' Parquet file")
 
 
+def first_seen(state_dir: str, dataset: str, digests: list[tuple[str, str]]) -> datetime:
+    """The time these input files were first scored, kept in the state store: a row is "in the future" against it,
+    so a rerun on the same input judges the same rows (and writes the same bytes) whenever it runs."""
+    from components.core import lineage, paths
+
+    key = hashlib.sha256(json.dumps(sorted(digests)).encode()).hexdigest()[:32]
+    record = lineage.write_once(paths.scoring_first_seen_path(state_dir, dataset, key), {"first_seen": datetime.now(UTC).isoformat()})
+    return datetime.fromisoformat(str(record["first_seen"]))
+
+
 def score_batch(request: ScoringRequest, data: DataStage, settings: Any = None, now: datetime | None = None) -> ScoringResult:
     """Validate and score the input; write the scores to `out_uri` and the quarantine beside it."""
     from components.core.settings import get_settings
 
     settings = settings or get_settings()
-    now = now or datetime.now(UTC)
     check_target(request.out_uri)
     with resolved_model(request.model_ref, settings) as (version, bundle), tempfile.TemporaryDirectory(prefix="mlwf-score-") as tmp:
         spec, spec_ref = model_spec(request.dataset_spec, bundle)
@@ -191,6 +201,7 @@ def score_batch(request: ScoringRequest, data: DataStage, settings: Any = None, 
         files, has_label = read_inputs(spec, request, data, tmp)
         digests = [(f.uri, f.sha256) for f in files]
         model = (str(version.name), str(version.version))
+        now = now or first_seen(settings.state_dir, spec.name, digests)
         checked = data.check(spec, spec_ref, files, has_label, scoring_run_id(digests, *model), now)
         fingerprint = input_fingerprint(digests, checked.suite_version)
         table = scored_table(spec, checked.valid_table, score(bundle, checked.valid_table), bundle.threshold, has_label, model, fingerprint)

@@ -101,10 +101,30 @@ def test_scores_are_the_bundles_predict_and_every_row_is_accounted_for(scoring: 
     assert set(scores[INPUT_FINGERPRINT]) == {result.input_fingerprint}
 
 
-def test_a_rerun_writes_the_same_bytes(scoring: dict[str, Any]) -> None:
-    request = ScoringRequest(f"{MODEL}@champion", str(scoring["data"]), str(scoring["tmp"] / "rerun" / "scores.parquet"))
+def test_a_rerun_writes_the_same_bytes(scoring: dict[str, Any], direct: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even an hour later, with a row 10 minutes ahead of the first run's clock: "in the future" is judged against
+    the time the input was first scored (kept in the state store), not the rerun's wall clock."""
+    from datetime import UTC, datetime, timedelta
+
+    from components.scoring import step
+
+    rows = pd.read_csv(scoring["data"], dtype=str, keep_default_na=False, na_values=[""])
+    good = set(pd.read_parquet(direct[1])["transaction_id"])
+    ahead = int(rows.index[rows["transaction_id"].isin(good)][0])  # a valid row, moved 10 minutes ahead of now
+    rows.loc[ahead, "event_time"] = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    data = scoring["tmp"] / "rerun.csv"
+    rows.to_csv(data, index=False)
+    request = ScoringRequest(f"{MODEL}@champion", str(data), str(scoring["tmp"] / "rerun" / "scores.parquet"))
     first = score_batch(request, data_stage())
     before = (sha(Path(first.scores_uri)), sha(Path(first.quarantine_uri)))
+    assert rows.loc[ahead, "transaction_id"] in set(pd.read_parquet(first.quarantine_uri)["transaction_id"])
+
+    class AnHourLater(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + timedelta(hours=1)
+
+    monkeypatch.setattr(step, "datetime", AnHourLater)
     second = score_batch(request, data_stage())
     assert (sha(Path(second.scores_uri)), sha(Path(second.quarantine_uri))) == before
     assert second.scores_sha256 == first.scores_sha256 == before[0]
