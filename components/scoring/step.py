@@ -248,20 +248,23 @@ def score_step(request: ScoringRequest, data: DataStage, scores: Any, quarantine
     from components.core.logs import setup_logging
 
     setup_logging()
-    if not request.out_uri:
-        request = ScoringRequest(request.model_ref, request.data_uri, scores.path, request.dataset_spec)
-    result = score_batch(request, data)
-    for artifact, uri in ((scores, result.scores_uri), (quarantine, result.quarantine_uri)):
-        if artifact.path != uri:
+    with tempfile.TemporaryDirectory(prefix="mlwf-score-out-") as tmp:
+        # Without out_uri the output artifacts are the only copies: score into a scratch folder, then copy both files
+        # into the artifacts (a file written beside an artifact's path is never uploaded from a cluster's pod).
+        target = request.out_uri or str(Path(tmp, "scores.parquet"))
+        result = score_batch(ScoringRequest(request.model_ref, request.data_uri, target, request.dataset_spec), data)
+        kept = {}
+        for artifact, uri in ((scores, result.scores_uri), (quarantine, result.quarantine_uri)):
             storage.write_bytes(artifact.path, storage.read_bytes(uri))
-        artifact.metadata.update({k: v for k, v in result.as_dict().items() if not k.endswith("_uri")} | {"uri": uri})
+            kept[artifact.path] = uri if request.out_uri else str(artifact.uri)
+            artifact.metadata.update({k: v for k, v in result.as_dict().items() if not k.endswith("_uri")} | {"uri": kept[artifact.path]})
     storage.write_bytes(
         summary.path,
         (
             f"# Batch scoring: {result.model_name} v{result.model_version}\n\n"
             f"- rows in: {result.rows_in:,} = scored {result.scored:,} + quarantined {result.quarantined:,}\n"
-            f"- scores: `{result.scores_uri}` (sha256 {result.scores_sha256[:16]})\n"
-            f"- quarantine: `{result.quarantine_uri}`\n"
+            f"- scores: `{kept[scores.path]}` (sha256 {result.scores_sha256[:16]})\n"
+            f"- quarantine: `{kept[quarantine.path]}`\n"
             f"- input fingerprint: `{result.input_fingerprint}` (suite {result.suite_version})\n"
         ).encode(),
     )

@@ -213,3 +213,6 @@ def test_the_kfp_step_scores_a_directory_into_its_output_artifacts(scoring: dict
     bad = pd.read_parquet(quarantine.path)
     assert len(bad) == direct[0].quarantined and set(bad["source"]) <= {str(folder / "part-0.csv"), str(folder / "part-1.csv")}
     assert f"scored {len(got):,} + quarantined {len(bad):,}" in Path(summary.path).read_text()
+    # the artifacts are the only copies: nothing written beside them (a cluster's pod would never upload it)
+    assert sorted(p.name for p in out.iterdir()) == ["quarantine", "scores", "summary"]
+    assert scores.metadata["uri"] == scores.uri and quarantine.metadata["uri"] == quarantine.uri
