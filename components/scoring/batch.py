@@ -179,9 +179,11 @@ def scored_table(
     has_label: bool,
     model: tuple[str, str],
     fingerprint: str,
+    files: Sequence[str] = (),
 ) -> Any:
-    """The output rows in input order: entity key (and event time when the spec has one), probability, prediction,
-    label (when the input had one), model name and version, input fingerprint."""
+    """The output rows in input order (`files`: the input's files in the order they were read): entity key (and event
+    time when the spec has one), probability, prediction, label (when the input had one), model name and version,
+    input fingerprint."""
     import pyarrow as pa
 
     n = valid.num_rows
@@ -198,17 +200,23 @@ def scored_table(
     columns[MODEL_VERSION] = pa.array([model[1]] * n, type=pa.string())
     columns[INPUT_FINGERPRINT] = pa.array([fingerprint] * n, type=pa.string())
     table = pa.table(columns)
-    order = in_input_order(valid)
+    order = in_input_order(valid, files)
     return table if order is None else table.take(pa.array(order))
 
 
-def in_input_order(valid: Any) -> np.ndarray | None:
-    """Row positions sorted by (source file, line), or None when they already are (validation keeps input order)."""
+def in_input_order(valid: Any, files: Sequence[str] = ()) -> np.ndarray | None:
+    """Row positions sorted by (the file's place in `files`, line), or None when they already are (validation keeps
+    input order). The files' own order, not their names': a directory is read in path order ("d/a/b.csv" before
+    "d/a-c.csv"), which sorting the names as text would turn round. Files not in `files` sort after, by name."""
     if valid.num_rows < 2 or SOURCE_FILE not in valid.column_names:
         return None
-    files = valid.column(SOURCE_FILE).to_pandas().to_numpy(dtype=object)
+    names = valid.column(SOURCE_FILE).to_pandas().to_numpy(dtype=object).astype(str)
+    place = {name: i for i, name in enumerate(files)}
+    unknown = sorted(set(names) - set(place))
+    place.update({name: len(files) + i for i, name in enumerate(unknown)})
+    ranks = np.fromiter((place[name] for name in names), dtype=np.int64, count=len(names))
     lines = valid.column(SOURCE_LINE).to_numpy()
-    order = np.lexsort((lines, files.astype(str)))
+    order = np.lexsort((lines, ranks))
     return None if np.array_equal(order, np.arange(len(order))) else order
 
 

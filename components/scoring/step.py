@@ -204,7 +204,10 @@ def score_batch(request: ScoringRequest, data: DataStage, settings: Any = None, 
         now = now or first_seen(settings.state_dir, spec.name, digests)
         checked = data.check(spec, spec_ref, files, has_label, scoring_run_id(digests, *model), now)
         fingerprint = input_fingerprint(digests, checked.suite_version)
-        table = scored_table(spec, checked.valid_table, score(bundle, checked.valid_table), bundle.threshold, has_label, model, fingerprint)
+        probabilities = score(bundle, checked.valid_table)
+        table = scored_table(
+            spec, checked.valid_table, probabilities, bundle.threshold, has_label, model, fingerprint, [f.uri for f in files]
+        )
     rows_in = sum(len(f.frame) for f in files)
     check_conservation(rows_in, table.num_rows, len(checked.quarantined))
     metadata = {

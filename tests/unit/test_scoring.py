@@ -69,6 +69,9 @@ def test_the_output_is_in_input_order_with_the_decision_and_the_model(transactio
     assert list(out[batch.PREDICTION]) == [0, 1, 0, 1]
     assert list(out[LABEL]) == [1, 0, 1, 0]
     assert set(out[batch.MODEL_NAME]) == {"clf"} and set(out[batch.MODEL_VERSION]) == {"3"}
+    # the files' reading order wins over their names: b.csv read first
+    first_b = batch.scored_table(transactions_spec, _valid(), probabilities, 0.5, True, ("clf", "3"), "f" * 64, ["b.csv", "a.csv"])
+    assert list(first_b.column("transaction_id").to_pylist()) == ["t0", "t1", "t2", "t3"]
     unlabelled = batch.scored_table(transactions_spec, _valid(), probabilities, 0.5, False, ("clf", "3"), "f" * 64)
     assert LABEL not in unlabelled.column_names
     with pytest.raises(ScoringError, match="3 probabilities for 4 valid rows"):
