@@ -93,16 +93,18 @@ def resolved_model(ref: str, settings: Any) -> Iterator[tuple[Any, Bundle]]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar on stderr per download
     if not lineage.is_model_ref(ref):
         raise ScoringError(f"{ref!r} names no model version: use NAME@ALIAS (e.g. transactions_classifier@champion) or NAME/VERSION")
-    client = tracking.configure(settings)
     try:
+        client = tracking.configure(settings)
         version = lineage.model_version(client, ref)
-    except Exception as err:  # MlflowException: unknown model, version or alias
-        raise ScoringError(f"no model version {ref!r} in the registry: {str(err).strip().splitlines()[0]}") from err
+    except Exception as err:  # MlflowException (unknown model, version or alias), or the tracking store unreachable
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ScoringError(f"no model version {ref!r} in the registry at {settings.mlflow_tracking_uri}: {first}") from err
     with tempfile.TemporaryDirectory(prefix="mlwf-score-model-") as tmp:
         try:
             loaded = bundle_lib.load(tracking.download_bundle(client, version, tmp))
-        except bundle_lib.BundleError as err:
-            raise ScoringError(f"model {ref!r} (version {version.version}): {err}") from err
+        except Exception as err:  # a bundle that fails its digests, or an artifact store that does not answer
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ScoringError(f"model {ref!r} (version {version.version}): {first}") from err
         yield version, loaded
 
 

@@ -162,11 +162,20 @@ def test_mlwf_score_runs_the_scoring_pipeline_and_matches_the_direct_run(
 
 @pytest.mark.parametrize(
     "case",
-    ["missing feature", "unknown alias", "unknown model", "not a model reference", "spec without its suite"],
+    ["missing feature", "unknown alias", "unknown model", "not a model reference", "spec without its suite", "registry down"],
 )
-def test_bad_input_exits_2_in_one_line_and_writes_nothing(scoring: dict[str, Any], case: str, capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_exits_2_in_one_line_and_writes_nothing(
+    scoring: dict[str, Any], case: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data, model, spec, expected = scoring["data"], f"{MODEL}@champion", [], ""
-    if case == "spec without its suite":
+    if case == "registry down":  # nothing listens there: the tracking client's error, in one line, not a traceback
+        from tests.factories import free_port
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        expected = "in the registry at http://127.0.0.1:"
+    elif case == "spec without its suite":
         from components.core.spec import bundled_spec_path
 
         copy = scoring["tmp"] / "nosuite" / "transactions.yaml"
