@@ -77,6 +77,17 @@ def test_parity_on_given_and_edge_rows(model, strategy):
     assert report["max_abs_diff"] <= 1e-6, report
 
 
+def test_traversal_past_its_batch_bound_goes_in_parts_with_the_same_answers(model, monkeypatch):
+    """int32 positions are sized for MAX_BATCH rows a call; an eager call over it is cut, not overflowed."""
+    booster, vn, vc = model
+    program = tree_programs.to_program(booster, N_NUMERIC, N_CATEGORICAL, "traverse")
+    numeric, codes = torch.from_numpy(vn[:50]), torch.from_numpy(vc[:50])
+    with torch.no_grad():
+        whole = program(numeric, codes)
+        monkeypatch.setattr(tree_programs, "MAX_BATCH", 7)
+        assert torch.equal(program(numeric, codes), whole)
+
+
 def test_zero_as_missing_and_no_missing_models_match():
     for params in ({"zero_as_missing": True}, {"use_missing": False}):
         result, vn, vc = train(seed=1, zeros=True, rounds=25, **params)
