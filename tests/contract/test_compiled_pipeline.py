@@ -128,6 +128,12 @@ def test_train_nodes_and_gpus_per_node_reach_the_train_step(compiled):
     assert spec.root.input_definitions.parameters["train_nodes"].default_value.number_value == 1
 
 
+def test_the_engine_parameter_reaches_the_validate_step(compiled):
+    _, spec, _ = compiled
+    assert spec.root.dag.tasks["validate-op"].inputs.parameters["engine"].component_input_parameter == "engine"
+    assert spec.root.input_definitions.parameters["engine"].default_value.string_value == ""  # MLWF_ENGINE decides
+
+
 @pytest.fixture(scope="module")
 def compiled_monitoring(tmp_path_factory):
     from pipelines.monitoring import monitoring_pipeline

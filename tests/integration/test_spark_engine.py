@@ -21,22 +21,11 @@ from components.data.outcome import ValidationFailed, ValidationOutcome
 from components.data.suite import Suite, load_suite, suite_from_spec, write_suite
 from components.data.validate import validate
 from tests.conftest import make_csv
+from tests.factories import LocalArtifact
 
 pytestmark = pytest.mark.integration
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
-
-
-class LocalArtifact:
-    """What a KFP artifact gives a step: a path, metadata, and log_metric for Metrics."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = self.uri = str(path)
-        self.metadata: dict[str, Any] = {}
-        self.metrics: dict[str, float] = {}
-
-    def log_metric(self, key: str, value: float) -> None:
-        self.metrics[key] = value
 
 
 @pytest.fixture(scope="module")
