@@ -80,7 +80,9 @@ def validate_step(
     from components.core.settings import engine as checked_engine
 
     engine = checked_engine(engine) if engine else settings.engine
-    if engine == "spark":  # pyspark or Java missing: one line before any work
+    # On a cluster the Spark work runs in a SparkApplication (its own image); locally, in this process (needs Java).
+    on_cluster = engine == "spark" and not settings.is_local
+    if engine == "spark" and not on_cluster:  # pyspark or Java missing: one line before any work
         from components.core.spark import require_spark
 
         require_spark()
@@ -98,7 +100,11 @@ def validate_step(
         )
         for f in manifest["files"]
     }
-    if engine == "spark":  # the executors read ingest's Parquet; the driver gets the outcome
+    if on_cluster:  # a SparkApplication per step (components/data/spark_entry.py): created once, waited on
+        from components.data.spark_entry import validate_on_cluster
+
+        outcome = validate_on_cluster(dataset_spec, raw.path, run_id=run_id, source=source, run_ids=run_ids)
+    elif engine == "spark":  # the executors read ingest's Parquet; the driver gets the outcome
         from components.data.spark_validate import validate_spark
 
         outcome = validate_spark(spec, raw.path, run_id=run_id, source=source, suite=suite, run_ids=run_ids)

@@ -499,3 +499,23 @@ def test_on_s3_the_step_uploads_its_input_and_a_failed_driver_commits_nothing(
     assert request["raw"] == storage.join(work, "raw.parquet") and storage.read_bytes(request["raw"]) == raw.read_bytes()
     assert not storage.exists(storage.join(work, spark_entry.COMMIT))
     assert stub.objects[("mlwf", "mlwf-validate-run-3")]["spec"]["arguments"] == ["validate", "--work", work]
+
+
+def test_the_validate_step_on_a_cluster_hands_its_spark_work_to_an_application(state_dir, monkeypatch, tmp_path):
+    """MLWF_ENGINE=spark with the cluster profile: the step pod runs no Spark (no Java needed there) and goes to the
+    SparkApplication path, which first insists on a state directory the pods share."""
+    from components.data.step import ingest_step, validate_step
+    from tests.conftest import make_csv
+    from tests.factories import LocalArtifact
+
+    raw = LocalArtifact(tmp_path / "raw")
+    ingest_step("transactions", str(make_csv(tmp_path / "tx.csv", rows=60)), raw, "run-c")
+    no_java = tmp_path / "bin"
+    no_java.mkdir()
+    monkeypatch.setenv("PATH", str(no_java))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("MLWF_PROFILE", "cluster")
+    outputs = [LocalArtifact(tmp_path / n) for n in ("valid", "quarantine", "report", "metrics")]
+    with pytest.raises(sa.SparkApplicationError, match="needs MLWF_STATE_DIR on s3://"):
+        validate_step("transactions", "run-c", raw, *outputs, engine="spark")
+    assert not any(Path(o.path).exists() for o in outputs)
