@@ -183,7 +183,7 @@ def scored_table(
 ) -> Any:
     """The output rows in input order (`files`: the input's files in the order they were read): entity key (and event
     time when the spec has one), probability, prediction, label (when the input had one), model name and version,
-    input fingerprint."""
+    input fingerprint, source file and line."""
     import pyarrow as pa
 
     n = valid.num_rows
@@ -199,6 +199,11 @@ def scored_table(
     columns[MODEL_NAME] = pa.array([model[0]] * n, type=pa.string())
     columns[MODEL_VERSION] = pa.array([model[1]] * n, type=pa.string())
     columns[INPUT_FINGERPRINT] = pa.array([fingerprint] * n, type=pa.string())
+    # where each row came from: lineage, and the join key to later labels for a spec whose row ids are generated
+    # from the row's content (an unlabelled file's generated ids differ from the labelled rows')
+    for name in (SOURCE_FILE, SOURCE_LINE):
+        if name in valid.column_names:
+            columns[name] = valid.column(name).cast(pa.string() if name == SOURCE_FILE else pa.int64())
     table = pa.table(columns)
     order = in_input_order(valid, files)
     return table if order is None else table.take(pa.array(order))

@@ -87,7 +87,12 @@ def test_scores_are_the_bundles_predict_and_every_row_is_accounted_for(scoring: 
         MODEL_NAME,
         MODEL_VERSION,
         INPUT_FINGERPRINT,
+        "source_file",
+        "source_line",
     ]
+    lines = dict(zip(source["transaction_id"], source.index + 2))  # line 1 is the header
+    assert list(scores["source_line"]) == [lines[t] for t in scores["transaction_id"]]
+    assert set(scores["source_file"]) == {str(scoring["data"])}
     # In input order, and each row's probability is what the bundle's own predict says for that row.
     rows = source.set_index("transaction_id").loc[scores["transaction_id"]]
     assert (np.diff(source.reset_index().set_index("transaction_id").loc[scores["transaction_id"], "index"].to_numpy()) > 0).all()
