@@ -1,13 +1,14 @@
-"""Build and push the project's three images with whichever builder is installed, and record their digests.
+"""Build and push the project's four images with whichever builder is installed, and record their digests.
 
   python -m pipelines.images build --registry REGISTRY [--tag TAG] [--code-version V] [--builder B] [--platform P]
   python -m pipelines.images compile-args     # `--image REPO@sha256:...` for `mlwf compile` (make compile uses it)
 
 `make images` runs `build` with MLWF_REGISTRY / MLWF_TAG / MLWF_CODE_VERSION / MLWF_BUILDER / MLWF_PLATFORM.
-`build` builds components/Dockerfile, components/Dockerfile.cuda and serving/Dockerfile from the repository root
-(the context .dockerignore allow-lists), passes MLWF_CODE_VERSION as a build argument, pushes each image, and
-writes build/images.json (the pushed digests) plus one kustomize overlay per manifests/overlays/<name> under
-build/overlays/<name> that pins the project's images by digest. Standard library only: it runs before any venv.
+`build` builds components/Dockerfile, components/Dockerfile.cuda, serving/Dockerfile and components/Dockerfile.spark
+from the repository root (the context .dockerignore allow-lists), passes MLWF_CODE_VERSION as a build argument,
+pushes each image, and writes build/images.json (the pushed digests) plus one kustomize overlay per
+manifests/overlays/<name> under build/overlays/<name> that pins the project's images by digest, in pod specs and in
+the mlwf-settings keys that name an image. Standard library only: it runs before any venv.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ IMAGES = (
     Image("components", "components/Dockerfile"),
     Image("components-cuda", "components/Dockerfile.cuda"),
     Image("serving", "serving/Dockerfile"),
+    Image("components-spark", "components/Dockerfile.spark"),  # the Spark driver/executors (MLWF_SPARK_IMAGE)
 )
+# The mlwf-settings keys (manifests/base/settings.yaml) that name an image the steps start pods with: kustomize's
+# `images:` rewrites only containers[].image, so the generated overlays patch these values to the pushed digests.
+SETTINGS_CONFIG_MAP = "mlwf-settings"
+SETTINGS_IMAGES = {"MLWF_TRAINJOB_IMAGE": "components", "MLWF_SPARK_IMAGE": "components-spark"}
 
 
 def _git(*args: str) -> str:
@@ -184,12 +190,19 @@ def compile_args(record: Path = RECORD) -> list[str]:
 
 def write_overlays(record: Path = RECORD, out_root: Path = OVERLAYS_OUT, overlays: Path = MANIFEST_OVERLAYS) -> list[Path]:
     """One kustomization per manifests/overlays/<name>: that overlay with the release images replaced by the
-    pushed digests (kustomize's `images:` rewrites every containers[].image, the ClusterServingRuntime's too)."""
+    pushed digests (kustomize's `images:` rewrites every containers[].image, the ClusterServingRuntime's too) and
+    the settings keys that name an image (SETTINGS_IMAGES) set to the pushed references."""
     data = load_record(record)
     pins = [
         {"name": f"{RELEASE_REGISTRY}/{name}", "newName": entry["repository"], "digest": entry["digest"]}
         for name, entry in sorted(data["images"].items())
     ]
+    settings = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": SETTINGS_CONFIG_MAP},
+        "data": {key: data["images"][name]["reference"] for key, name in SETTINGS_IMAGES.items()},
+    }
     written = []
     for source in sorted(p for p in overlays.iterdir() if (p / "kustomization.yaml").is_file()):
         target = out_root / source.name
@@ -199,6 +212,7 @@ def write_overlays(record: Path = RECORD, out_root: Path = OVERLAYS_OUT, overlay
             "kind": "Kustomization",
             "resources": [os.path.relpath(source, target)],
             "images": pins,
+            "patches": [{"target": {"kind": "ConfigMap", "name": SETTINGS_CONFIG_MAP}, "patch": json.dumps(settings)}],
         }
         path = target / "kustomization.yaml"
         # JSON is YAML: no PyYAML needed here.
@@ -216,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipelines.images", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build, push and record the three images")
+    build = sub.add_parser("build", help="build, push and record the four images")
     build.add_argument("--registry", required=True, help="e.g. ghcr.io/your-org (images: REGISTRY/components, ...)")
     build.add_argument("--tag", default="", help="default: the short git sha (+ -dirty)")
     build.add_argument("--code-version", default="", help="MLWF_CODE_VERSION build arg; default: the full git sha")

@@ -27,7 +27,7 @@ from components.governance.scan import DIGEST, final_user, secret_findings
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKERFILES = ("components/Dockerfile", "components/Dockerfile.cuda", "serving/Dockerfile")
+DOCKERFILES = ("components/Dockerfile", "components/Dockerfile.cuda", "components/Dockerfile.spark", "serving/Dockerfile")
 ALERT_RULES = "manifests/base/prometheusrule.yaml"
 IMAGE_RECORD = "build/images.json"
 PACKAGE_GLOBS = ("pipelines/compiled/*.yaml", "build/*.yaml")

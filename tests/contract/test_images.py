@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,12 @@ from pipelines import images
 from tests.contract import manifest_tools as mt
 
 REGISTRY = "registry.example.com:5000/team"  # a port: references must not be split at the first colon
-DOCKERFILES = {"components": "components/Dockerfile", "components-cuda": "components/Dockerfile.cuda", "serving": "serving/Dockerfile"}
+DOCKERFILES = {
+    "components": "components/Dockerfile",
+    "components-cuda": "components/Dockerfile.cuda",
+    "serving": "serving/Dockerfile",
+    "components-spark": "components/Dockerfile.spark",
+}
 
 # Records argv as one JSON line in $FAKE_BUILDER_LOG. A push answers like the real tool: docker prints the
 # digest, podman and buildah write it to --digestfile. The digest is derived from the reference.
@@ -76,7 +82,7 @@ def test_builds_pushes_and_records_every_image(builder: str, tmp_path: Path, mon
         images.main(["build", "--registry", REGISTRY + "/", "--tag", "abc1234", "--code-version", "f" * 40, "--record", str(record)]) == 0
     )
     calls = _calls(tmp_path)
-    assert [c[:2] for c in calls] == [[builder, "build"], [builder, "push"]] * 3
+    assert [c[:2] for c in calls] == [[builder, "build"], [builder, "push"]] * len(DOCKERFILES)
     for (name, dockerfile), build, push in zip(DOCKERFILES.items(), calls[0::2], calls[1::2]):
         ref = f"{REGISTRY}/{name}:abc1234"
         assert _flag(build, "--file") == str(mt.REPO / dockerfile)
@@ -100,7 +106,7 @@ def test_docker_digest_from_image_inspect_when_push_prints_none(tmp_path: Path, 
     monkeypatch.setenv("FAKE_DOCKER_QUIET_PUSH", "1")
     record = tmp_path / "images.json"
     assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v", "--record", str(record)]) == 0
-    assert [c[1] for c in _calls(tmp_path)] == ["build", "push", "image"] * 3
+    assert [c[1] for c in _calls(tmp_path)] == ["build", "push", "image"] * len(DOCKERFILES)
     serving = json.loads(record.read_text())["images"]["serving"]
     assert serving["digest"] == _digest(f"{REGISTRY}/serving:t")
 
@@ -210,3 +216,139 @@ def test_overlays_pin_the_pushed_images_by_digest(tmp_path: Path) -> None:
     ours = [image for image in found.values() if "/mlwf/" in image or REGISTRY in image]
     assert ours and all(image.startswith(REGISTRY) and "@sha256:" in image for image in ours), ours
     assert len(objs) == len(mt.render("overlays/dev")), "the generated overlay must render the same objects"
+
+
+def test_overlays_pin_the_image_settings_by_digest(tmp_path: Path) -> None:
+    """kustomize's `images:` leaves ConfigMap values alone: the generated overlay sets the settings keys that name
+    an image (the TrainJob nodes', the Spark driver's and executors') to the pushed references."""
+    images.write_overlays(_record(tmp_path), tmp_path / "overlays")
+    proc = subprocess.run([str(mt.kubectl()), "kustomize", str(tmp_path / "overlays" / "prod")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    settings = next(
+        o for o in yaml.safe_load_all(proc.stdout) if o and o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mlwf-settings"
+    )
+    assert settings["data"]["MLWF_SPARK_IMAGE"] == f"{REGISTRY}/components-spark@{_digest('components-spark')}"
+    assert settings["data"]["MLWF_TRAINJOB_IMAGE"] == f"{REGISTRY}/components@{_digest('components')}"
+    assert settings["data"]["MLWF_STATE_DIR"] == "s3://mlwf-prod/state", "the overlay's own settings are kept"
+
+
+def test_image_settings_name_the_release_images() -> None:
+    """Each settings key the overlays pin names, before a release, the image it is pinned to."""
+    data = yaml.safe_load((mt.REPO / "manifests" / "base" / "settings.yaml").read_text())["data"]
+    assert set(images.SETTINGS_IMAGES.values()) <= {i.name for i in images.IMAGES}
+    for key, name in images.SETTINGS_IMAGES.items():
+        assert data[key].startswith(f"{images.RELEASE_REGISTRY}/{name}:"), (key, data[key])
+
+
+def _instructions(dockerfile: str) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in (mt.REPO / dockerfile).read_text().splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        current += stripped.rstrip("\\") + " "
+        if not stripped.endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return lines
+
+
+def test_spark_image_matches_the_components_image_and_spark() -> None:
+    """Same pinned base and the same venv build as the step image; SPARK_HOME is pyspark's install in that venv,
+    where the default main file lives; Spark's entry point; the hadoop-aws version is the Hadoop pyspark ships,
+    and the jars are checked by sha256 before use."""
+    spark, components = _instructions("components/Dockerfile.spark"), _instructions("components/Dockerfile")
+    base = next(line for line in components if line.startswith("ARG PYTHON_IMAGE="))
+    assert base in spark and "@" not in base.split("=", 1)[1] and base.split(":", 1)[1] != "latest"
+    build = components[components.index("FROM ${PYTHON_IMAGE} AS build") : components.index("FROM ${PYTHON_IMAGE}")]
+    assert spark[spark.index("FROM ${PYTHON_IMAGE} AS build") :][: len(build)] == build, "the venv is built as for the step image"
+    env = [line for line in spark if line.startswith("ENV PATH=")][-1]  # the final stage's
+    home = re.search(r"SPARK_HOME=(\S+)", env)
+    assert home and "JAVA_HOME=/opt/java" in env
+    from dataclasses import fields
+
+    from components.core.settings import Settings
+
+    main_file = next(f.default for f in fields(Settings) if f.name == "spark_main_file")
+    assert isinstance(main_file, str) and main_file.startswith(f"local://{home.group(1).rsplit('/pyspark', 1)[0]}/components/")
+    assert 'ENTRYPOINT ["/opt/entrypoint.sh"]' in spark
+    assert "USER 1000:1000" in spark
+    hadoop = next(line for line in spark if line.startswith("ARG HADOOP_VERSION=")).split("=", 1)[1]
+    import pyspark
+
+    assert (Path(pyspark.__file__).parent / "jars" / f"hadoop-client-api-{hadoop}.jar").is_file(), "hadoop-aws must match pyspark's Hadoop"
+    assert any("sha256sum --check --strict" in line for line in spark)
+
+
+ENTRYPOINT = mt.REPO / "components" / "spark-entrypoint.sh"
+SPARK_ENV = {"SPARK_HOME": "/opt/spark-home", "JAVA_HOME": "/opt/java", "PATH": "/usr/bin:/bin", "MLWF_SPARK_ENTRYPOINT_DRY_RUN": "1"}
+
+
+def _entrypoint(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], env={**SPARK_ENV, **env}, capture_output=True, text=True, timeout=30)
+
+
+def test_spark_entrypoint_runs_the_driver_in_client_mode_bound_to_the_pod() -> None:
+    """What the Spark Operator's driver pod runs: `driver --properties-file ... --class ... <main file> <args>`."""
+    args = [
+        "--properties-file",
+        "/opt/spark/conf/spark.properties",
+        "--class",
+        "org.apache.spark.deploy.PythonRunner",
+        "local:///m.py",
+        "--x",
+        "a b",
+    ]
+    done = _entrypoint(["driver", *args], {"SPARK_DRIVER_BIND_ADDRESS": "10.0.0.7"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\0")[:-1] == [
+        "/opt/spark-home/bin/spark-submit",
+        "--conf",
+        "spark.driver.bindAddress=10.0.0.7",
+        "--conf",
+        "spark.executorEnv.SPARK_DRIVER_POD_IP=10.0.0.7",
+        "--deploy-mode",
+        "client",
+        *args,
+    ]
+
+
+def test_spark_entrypoint_starts_an_executor_from_its_pod_environment() -> None:
+    env = {
+        "SPARK_DRIVER_URL": "spark://CoarseGrainedScheduler@driver-svc:7078",
+        "SPARK_EXECUTOR_ID": "3",
+        "SPARK_EXECUTOR_CORES": "2",
+        "SPARK_APPLICATION_ID": "spark-abc",
+        "SPARK_EXECUTOR_POD_IP": "10.0.0.9",
+        "SPARK_EXECUTOR_MEMORY": "2g",
+        "SPARK_EXECUTOR_POD_NAME": "app-exec-3",
+        "SPARK_RESOURCE_PROFILE_ID": "0",
+        # Spark numbers the JVM options; their order matters (a later -D wins) and 10 sorts after 2.
+        **{f"SPARK_JAVA_OPT_{i}": f"-Dopt{i}=with space" for i in (0, 2, 10)},
+    }
+    done = _entrypoint(["executor"], env)
+    assert done.returncode == 0, done.stderr
+    cmd = done.stdout.split("\0")[:-1]
+    assert cmd[:4] == ["/opt/java/bin/java", "-Dopt0=with space", "-Dopt2=with space", "-Dopt10=with space"]
+    assert cmd[4:8] == ["-Xms2g", "-Xmx2g", "-cp", "/opt/spark-home/jars/*"]
+    assert cmd[8] == "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend"
+    flags = dict(zip(cmd[9::2], cmd[10::2]))
+    assert flags == {
+        "--driver-url": env["SPARK_DRIVER_URL"],
+        "--executor-id": "3",
+        "--cores": "2",
+        "--app-id": "spark-abc",
+        "--hostname": "10.0.0.9",
+        "--resourceProfileId": "0",
+        "--podName": "app-exec-3",
+    }
+
+
+def test_spark_entrypoint_passes_other_commands_through_and_names_what_an_executor_lacks() -> None:
+    done = _entrypoint(["python3", "-m", "x"], {})
+    assert done.returncode == 0 and done.stdout.split("\0")[:-1] == ["python3", "-m", "x"]
+    done = _entrypoint(["executor"], {"SPARK_DRIVER_URL": "spark://d:7078"})
+    assert done.returncode == 64 and "executor pod lacks SPARK_EXECUTOR_ID" in done.stderr
+    done = _entrypoint(["driver"], {})
+    assert done.returncode != 0 and "driver pod lacks SPARK_DRIVER_BIND_ADDRESS" in done.stderr

@@ -387,7 +387,9 @@ def test_the_server_leaks_no_secret_limits_bodies_and_has_no_debug_endpoints(tmp
 # ---------------------------------------------------------------- images
 
 
-@pytest.mark.parametrize("dockerfile", ["components/Dockerfile", "components/Dockerfile.cuda", "serving/Dockerfile"])
+@pytest.mark.parametrize(
+    "dockerfile", ["components/Dockerfile", "components/Dockerfile.cuda", "components/Dockerfile.spark", "serving/Dockerfile"]
+)
 def test_images_run_as_a_non_root_user(dockerfile):
     """Fault: a container running as root turns any code execution into root in the pod. Behaviour: the final
     stage sets USER to a non-root user before its CMD/ENTRYPOINT and nothing switches back. Proof: the parsed
