@@ -75,10 +75,10 @@ compile: $(STAMP) ## Write the pipeline package: pipelines/compiled/training.yam
 	  set -x; $(BIN)/mlwf compile; \
 	fi
 
-images: ## Build and push the components, components-cuda and serving images (docker, podman or buildah); digests -> build/images.json
+images: ## Build and push the components, components-cuda and serving images (and components-spark with MLWF_WITH_SPARK=1); digests -> build/images.json
 	$(PYTHON) -m pipelines.images build --registry '$(MLWF_REGISTRY)' --tag '$(MLWF_TAG)' \
 	  --code-version '$(MLWF_CODE_VERSION)' --builder '$(MLWF_BUILDER)' --platform '$(MLWF_PLATFORM)' \
-	  --record $(IMAGES_RECORD)
+	  --record $(IMAGES_RECORD) $(if $(MLWF_WITH_SPARK),--with-spark,)
 
 bench: $(STAMP) ## Every benchmark, full size, each beside its anchor: benchmarks/results.{json,md}
 	$(BIN)/python -m benchmarks.run

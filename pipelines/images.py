@@ -1,11 +1,12 @@
-"""Build and push the project's four images with whichever builder is installed, and record their digests.
+"""Build and push the project's images with whichever builder is installed, and record their digests.
 
   python -m pipelines.images build --registry REGISTRY [--tag TAG] [--code-version V] [--builder B] [--platform P]
+                                   [--with-spark]
   python -m pipelines.images compile-args     # `--image REPO@sha256:...` for `mlwf compile` (make compile uses it)
 
-`make images` runs `build` with MLWF_REGISTRY / MLWF_TAG / MLWF_CODE_VERSION / MLWF_BUILDER / MLWF_PLATFORM.
-`build` builds components/Dockerfile, components/Dockerfile.cuda, serving/Dockerfile and components/Dockerfile.spark
-from the repository root (the context .dockerignore allow-lists), passes MLWF_CODE_VERSION as a build argument,
+`make images` runs `build` with MLWF_REGISTRY / MLWF_TAG / MLWF_CODE_VERSION / MLWF_BUILDER / MLWF_PLATFORM
+(MLWF_WITH_SPARK=1 adds --with-spark). `build` builds components/Dockerfile, components/Dockerfile.cuda and
+serving/Dockerfile (and components/Dockerfile.spark with --with-spark) from the repository root (the context .dockerignore allow-lists), passes MLWF_CODE_VERSION as a build argument,
 pushes each image, and writes build/images.json (the pushed digests) plus one kustomize overlay per
 manifests/overlays/<name> under build/overlays/<name> that pins the project's images by digest, in pod specs and in
 the mlwf-settings keys that name an image. Standard library only: it runs before any venv.
@@ -54,8 +55,11 @@ IMAGES = (
     Image("components", "components/Dockerfile"),
     Image("components-cuda", "components/Dockerfile.cuda"),
     Image("serving", "serving/Dockerfile"),
-    Image("components-spark", "components/Dockerfile.spark"),  # the Spark driver/executors (MLWF_SPARK_IMAGE)
 )
+# The Spark driver/executors' image (MLWF_SPARK_IMAGE), built on request (`--with-spark`, MLWF_WITH_SPARK=1): it
+# fetches the s3a jars from Maven Central and needs their sha256 recorded in its Dockerfile first, and only the
+# spark engine on a cluster uses it, so the three images every install needs never wait on it.
+SPARK_IMAGE = Image("components-spark", "components/Dockerfile.spark")
 # The mlwf-settings keys (manifests/base/settings.yaml) that name an image the steps start pods with: kustomize's
 # `images:` rewrites only containers[].image, so the generated overlays patch these values to the pushed digests.
 SETTINGS_CONFIG_MAP = "mlwf-settings"
@@ -137,9 +141,16 @@ def _run(cmd: list[str], what: str, capture: bool = True) -> str:
 
 
 def build_and_push(
-    registry: str, tag: str, code_version: str, builder: str | None = None, platform: str | None = None, record: Path = RECORD
+    registry: str,
+    tag: str,
+    code_version: str,
+    builder: str | None = None,
+    platform: str | None = None,
+    record: Path = RECORD,
+    spark: bool = False,
 ) -> dict[str, Any]:
-    """Build, push and record every image; the record is written only when all of them were pushed."""
+    """Build, push and record every image (and the Spark one with `spark`); the record is written only when all of
+    them were pushed."""
     registry = registry.rstrip("/")
     if not REGISTRY.fullmatch(registry):
         raise ImageBuildError(f"registry {registry!r} is not a valid image repository prefix (e.g. ghcr.io/org)")
@@ -147,7 +158,7 @@ def build_and_push(
         raise ImageBuildError(f"tag {tag!r} is not a valid image tag")
     name, exe = find_builder(builder)
     images: dict[str, dict[str, str]] = {}
-    for image in IMAGES:
+    for image in (*IMAGES, SPARK_IMAGE) if spark else IMAGES:
         repository = f"{registry}/{image.name}"
         ref = f"{repository}:{tag}"
         _run(build_command(exe, image, ref, code_version, platform), f"build {ref} ({image.dockerfile})", capture=False)
@@ -171,7 +182,7 @@ def load_record(record: Path = RECORD) -> dict[str, Any]:
     try:
         data = json.loads(record.read_text())
         images = data["images"]
-        for image in IMAGES:
+        for image in (*IMAGES, *([SPARK_IMAGE] if SPARK_IMAGE.name in images else [])):
             entry = images[image.name]
             if not DIGEST.fullmatch(entry["digest"]) or entry["reference"] != f"{entry['repository']}@{entry['digest']}":
                 raise ValueError(f"bad digest or reference for {image.name}")
@@ -201,7 +212,7 @@ def write_overlays(record: Path = RECORD, out_root: Path = OVERLAYS_OUT, overlay
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": SETTINGS_CONFIG_MAP},
-        "data": {key: data["images"][name]["reference"] for key, name in SETTINGS_IMAGES.items()},
+        "data": {key: data["images"][name]["reference"] for key, name in SETTINGS_IMAGES.items() if name in data["images"]},
     }
     written = []
     for source in sorted(p for p in overlays.iterdir() if (p / "kustomization.yaml").is_file()):
@@ -230,13 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipelines.images", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build, push and record the four images")
+    build = sub.add_parser("build", help="build, push and record the three images (four with --with-spark)")
     build.add_argument("--registry", required=True, help="e.g. ghcr.io/your-org (images: REGISTRY/components, ...)")
     build.add_argument("--tag", default="", help="default: the short git sha (+ -dirty)")
     build.add_argument("--code-version", default="", help="MLWF_CODE_VERSION build arg; default: the full git sha")
     build.add_argument("--builder", default="", choices=("", *BUILDERS), help="default: the first found on PATH")
     build.add_argument("--platform", default="", help="e.g. linux/amd64 when building on another architecture")
     build.add_argument("--record", type=Path, default=RECORD)
+    build.add_argument("--with-spark", action="store_true", help="also the Spark image (components/Dockerfile.spark)")
     args_ = sub.add_parser("compile-args", help="print the `mlwf compile` arguments that pin the recorded digest")
     args_.add_argument("--record", type=Path, default=RECORD)
     args = parser.parse_args(argv)
@@ -248,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if not tag or not code_version:
             short, full = git_version()
             tag, code_version = tag or short, code_version or full
-        data = build_and_push(args.registry, tag, code_version, args.builder or None, args.platform or None, args.record)
+        data = build_and_push(args.registry, tag, code_version, args.builder or None, args.platform or None, args.record, args.with_spark)
         overlays = write_overlays(args.record, args.record.parent / "overlays")
     except ImageBuildError as err:
         print(f"images: error: {err}", file=sys.stderr)

@@ -44,6 +44,19 @@ OPTIONAL_SECRETS = {"mlwf-mlflow"}  # an MLflow server without auth needs none
 # ConfigMap keys a cluster may leave out: referenced as optional, so a ConfigMap without them still starts the pods.
 OPTIONAL_SETTINGS_KEYS = (
     "MLWF_KFP_UI_URL",  # the KFP UI's address: MLflow runs get a link to their pipeline run
+    "MLWF_ENGINE",  # pandas (default) or spark: the data steps' engine (the `engine` parameter overrides it)
+    # the SparkApplication a data step creates with the spark engine (components/core/spark_application.py)
+    "MLWF_SPARK_IMAGE",
+    "MLWF_SPARK_NAMESPACE",
+    "MLWF_SPARK_SERVICE_ACCOUNT",
+    "MLWF_SPARK_MAIN_FILE",
+    "MLWF_SPARK_DRIVER_CORES",
+    "MLWF_SPARK_DRIVER_MEMORY",
+    "MLWF_SPARK_EXECUTOR_CORES",
+    "MLWF_SPARK_EXECUTOR_MEMORY",
+    "MLWF_SPARK_EXECUTOR_INSTANCES",
+    "MLWF_SPARK_TIMEOUT_S",
+    "MLWF_SPARK_TTL_S",
 )
 
 

@@ -193,11 +193,15 @@ def test_every_step_is_told_the_image_it_runs_in(compiled):
         assert {"name": "MLWF_STEP_IMAGE", "value": container["image"]} in list(container["env"]), name
 
 
-def test_the_kfp_ui_setting_is_optional_in_the_config_map(compiled):
+def test_the_kfp_ui_engine_and_spark_settings_are_optional_in_the_config_map(compiled):
+    """A ConfigMap from before these settings still starts every pod; each step still reads them when set."""
+    from pipelines.training import OPTIONAL_SETTINGS_KEYS
+
     _, _, platform = compiled
+    assert {"MLWF_KFP_UI_URL", "MLWF_ENGINE", "MLWF_SPARK_IMAGE", "MLWF_SPARK_EXECUTOR_INSTANCES"} <= set(OPTIONAL_SETTINGS_KEYS)
     for name, config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
         optional = [c for c in config["configMapAsEnv"] if c.get("optional")]
-        assert [k["configMapKey"] for c in optional for k in c["keyToEnv"]] == ["MLWF_KFP_UI_URL"], name
+        assert [k["configMapKey"] for c in optional for k in c["keyToEnv"]] == list(OPTIONAL_SETTINGS_KEYS), name
 
 
 def test_committed_monitoring_package_is_up_to_date(tmp_path):

@@ -18,12 +18,8 @@ from pipelines import images
 from tests.contract import manifest_tools as mt
 
 REGISTRY = "registry.example.com:5000/team"  # a port: references must not be split at the first colon
-DOCKERFILES = {
-    "components": "components/Dockerfile",
-    "components-cuda": "components/Dockerfile.cuda",
-    "serving": "serving/Dockerfile",
-    "components-spark": "components/Dockerfile.spark",
-}
+CORE = {"components": "components/Dockerfile", "components-cuda": "components/Dockerfile.cuda", "serving": "serving/Dockerfile"}
+DOCKERFILES = {**CORE, "components-spark": "components/Dockerfile.spark"}  # the Spark one with --with-spark
 
 # Records argv as one JSON line in $FAKE_BUILDER_LOG. A push answers like the real tool: docker prints the
 # digest, podman and buildah write it to --digestfile. The digest is derived from the reference.
@@ -78,9 +74,8 @@ def test_builds_pushes_and_records_every_image(builder: str, tmp_path: Path, mon
     monkeypatch.setenv("PATH", str(_fake(tmp_path, builder)))  # the only builder there, found by itself
     monkeypatch.setenv("FAKE_BUILDER_LOG", str(tmp_path / "calls.jsonl"))
     record = tmp_path / "images.json"
-    assert (
-        images.main(["build", "--registry", REGISTRY + "/", "--tag", "abc1234", "--code-version", "f" * 40, "--record", str(record)]) == 0
-    )
+    command = ["build", "--registry", REGISTRY + "/", "--tag", "abc1234", "--code-version", "f" * 40, "--record", str(record)]
+    assert images.main([*command, "--with-spark"]) == 0
     calls = _calls(tmp_path)
     assert [c[:2] for c in calls] == [[builder, "build"], [builder, "push"]] * len(DOCKERFILES)
     for (name, dockerfile), build, push in zip(DOCKERFILES.items(), calls[0::2], calls[1::2]):
@@ -98,6 +93,12 @@ def test_builds_pushes_and_records_every_image(builder: str, tmp_path: Path, mon
         digest = _digest(f"{REGISTRY}/{name}:abc1234")
         assert entry["digest"] == digest
         assert entry["reference"] == f"{REGISTRY}/{name}@{digest}"
+    # without --with-spark: the three images every install needs, and a record that still compiles and pins
+    (tmp_path / "calls.jsonl").unlink()
+    assert images.main(command) == 0
+    assert [_flag(c, "--tag").split("/")[-1] for c in _calls(tmp_path)[0::2]] == [f"{n}:abc1234" for n in CORE]
+    assert set(json.loads(record.read_text())["images"]) == set(CORE)
+    assert images.compile_args(record)[1].startswith(f"{REGISTRY}/components@sha256:")
 
 
 def test_docker_digest_from_image_inspect_when_push_prints_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +107,7 @@ def test_docker_digest_from_image_inspect_when_push_prints_none(tmp_path: Path, 
     monkeypatch.setenv("FAKE_DOCKER_QUIET_PUSH", "1")
     record = tmp_path / "images.json"
     assert images.main(["build", "--registry", REGISTRY, "--tag", "t", "--code-version", "v", "--record", str(record)]) == 0
-    assert [c[1] for c in _calls(tmp_path)] == ["build", "push", "image"] * len(DOCKERFILES)
+    assert [c[1] for c in _calls(tmp_path)] == ["build", "push", "image"] * len(CORE)
     serving = json.loads(record.read_text())["images"]["serving"]
     assert serving["digest"] == _digest(f"{REGISTRY}/serving:t")
 
@@ -146,6 +147,7 @@ def test_make_images_passes_registry_tag_platform_and_defaults_the_tag_to_git(tm
             f"PYTHON={sys.executable}",
             f"MLWF_REGISTRY={REGISTRY}",
             "MLWF_PLATFORM=linux/amd64",
+            "MLWF_WITH_SPARK=1",
             f"IMAGES_RECORD={record}",
         ],
         cwd=mt.REPO,
@@ -235,7 +237,7 @@ def test_overlays_pin_the_image_settings_by_digest(tmp_path: Path) -> None:
 def test_image_settings_name_the_release_images() -> None:
     """Each settings key the overlays pin names, before a release, the image it is pinned to."""
     data = yaml.safe_load((mt.REPO / "manifests" / "base" / "settings.yaml").read_text())["data"]
-    assert set(images.SETTINGS_IMAGES.values()) <= {i.name for i in images.IMAGES}
+    assert set(images.SETTINGS_IMAGES.values()) <= {i.name for i in (*images.IMAGES, images.SPARK_IMAGE)}
     for key, name in images.SETTINGS_IMAGES.items():
         assert data[key].startswith(f"{images.RELEASE_REGISTRY}/{name}:"), (key, data[key])
 
