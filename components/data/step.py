@@ -69,6 +69,7 @@ def validate_step(
     import pandas as pd
 
     from components.core import lineage, paths, storage
+    from components.core.settings import engine as checked_engine
     from components.core.settings import get_settings
     from components.core.spec import load_spec
     from components.data.report import report_html
@@ -77,8 +78,6 @@ def validate_step(
 
     started = time.perf_counter()
     settings = get_settings()
-    from components.core.settings import engine as checked_engine
-
     engine = checked_engine(engine) if engine else settings.engine
     # On a cluster the Spark work runs in a SparkApplication (its own image); locally, in this process (needs Java).
     on_cluster = engine == "spark" and not settings.is_local
